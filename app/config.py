@@ -1,0 +1,207 @@
+"""Every setting of the app in one table, read from ``TRYON_*`` environment variables.
+
+The fields of :class:`Settings` *are* the table: each carries its help text and limits in its
+metadata, and the environment variable is ``TRYON_`` + the upper-cased field name. The CLI, the
+README table and the tests all read this one definition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "TRYON_"
+VOLUME_CANDIDATES = (Path("/runpod-volume"), Path("/workspace"))
+LOCAL_VOLUME = Path("volume")
+
+# CatVTON publishes one attention checkpoint per training set, each in its own folder of the repo.
+ADAPTER_FOLDERS = {
+    "mix": "mix-48k-1024",
+    "vitonhd": "vitonhd-16k-512",
+    "dresscode": "dresscode-16k-512",
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingError(ValueError):
+    """A setting has a value the app cannot use; the message names the variable and the fix."""
+
+
+def _setting(default, help, *, choices=(), minimum=None, maximum=None, multiple_of=None):
+    meta = {"help": help, "choices": tuple(choices), "minimum": minimum, "maximum": maximum,
+            "multiple_of": multiple_of}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    volume: Path | None = _setting(
+        None, "Volume root. Unset: /runpod-volume, else /workspace, else ./volume.")
+    tiny_models: bool = _setting(
+        False, "Use tiny random-weight models in <volume>/tiny-models (made on first use): offline demos "
+        "and smoke tests; results are noise.")
+    base_repo: str = _setting(
+        "stable-diffusion-v1-5/stable-diffusion-inpainting", "Hub repo of the SD-1.5 inpainting UNet and scheduler.")
+    vae_repo: str = _setting("stabilityai/sd-vae-ft-mse", "Hub repo of the VAE.")
+    adapter_repo: str = _setting("zhengchong/CatVTON", "Hub repo of the CatVTON attention weights.")
+    adapter_version: str = _setting(
+        "mix", "CatVTON checkpoint: mix (mix-48k-1024), vitonhd or dresscode (16k-512).",
+        choices=tuple(ADAPTER_FOLDERS))
+    device: str = _setting("auto", "Compute device; auto picks CUDA when visible, else CPU.",
+                           choices=("auto", "cuda", "cpu"))
+    dtype: str = _setting("auto", "Compute dtype; auto is bf16 on GPUs that support it, else fp16; fp32 on CPU.",
+                          choices=("auto", "bf16", "fp16", "fp32"))
+    steps: int = _setting(50, "Default denoising steps.", minimum=1, maximum=100)
+    guidance: float = _setting(2.5, "Default classifier-free guidance scale (<= 1 turns guidance off).",
+                               minimum=0.0, maximum=20.0)
+    seed: int = _setting(42, "Default seed; -1 picks a random one per run.", minimum=-1, maximum=2**63 - 1)
+    width: int = _setting(768, "Default output width in pixels.", minimum=64, maximum=2048, multiple_of=8)
+    height: int = _setting(1024, "Default output height in pixels.", minimum=64, maximum=2048, multiple_of=8)
+    preload: bool = _setting(False, "Load the model in the background at start instead of on first use.")
+    idle_release_s: float = _setting(
+        0.0, "Free the model (and GPU memory) after this many idle seconds; 0 keeps it loaded.", minimum=0.0)
+    log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Read every setting from ``environ`` (default ``os.environ``); non-None overrides win."""
+        environ = os.environ if environ is None else environ
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            override = overrides.get(f.name)
+            if override is not None:
+                raw, source = override, f"--{f.name.replace('_', '-')}"
+            elif env_name(f.name) in environ:
+                raw, source = environ[env_name(f.name)], env_name(f.name)
+            else:
+                continue
+            values[f.name] = _parse(f, hints[f.name], raw, source)
+        values["volume"] = resolve_volume(values.get("volume"))
+        return cls(**values)
+
+    @property
+    def layout(self) -> VolumeLayout:
+        return VolumeLayout(self.volume or resolve_volume(None))
+
+    @property
+    def models_dir(self) -> Path:
+        return self.layout.tiny_models if self.tiny_models else self.layout.models
+
+    @property
+    def adapter_folder(self) -> str:
+        return ADAPTER_FOLDERS[self.adapter_version]
+
+
+@dataclass(frozen=True)
+class VolumeLayout:
+    """Where things live on the volume (DESIGN §1)."""
+
+    root: Path
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def tiny_models(self) -> Path:
+        return self.root / "tiny-models"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def envs(self) -> Path:
+        return self.root / "envs"
+
+    @property
+    def wheels(self) -> Path:
+        return self.root / "wheels"
+
+    @property
+    def app(self) -> Path:
+        return self.root / "app"
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def resolve_volume(explicit: Path | str | None) -> Path:
+    """The volume root: explicit value, else the RunPod mounts, else ./volume (absolute)."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    for candidate in VOLUME_CANDIDATES:
+        if candidate.is_dir():
+            return candidate
+    return LOCAL_VOLUME.resolve()
+
+
+def settings_table() -> list[dict]:
+    """Rows of (env var, type, default, allowed, help) for docs and the CLI."""
+    hints = typing.get_type_hints(Settings)
+    rows = []
+    for f in dataclasses.fields(Settings):
+        meta = f.metadata
+        allowed = ", ".join(meta["choices"])
+        if not allowed and (meta["minimum"] is not None or meta["maximum"] is not None):
+            lo = "" if meta["minimum"] is None else meta["minimum"]
+            hi = "" if meta["maximum"] is None else meta["maximum"]
+            allowed = f"{lo}..{hi}"
+        if meta["multiple_of"]:
+            allowed += f", multiple of {meta['multiple_of']}"
+        type_name = getattr(hints[f.name], "__name__", None) or "path"
+        rows.append({"env": env_name(f.name), "type": type_name, "default": f.default,
+                     "allowed": allowed, "help": meta["help"]})
+    return rows
+
+
+def _parse(f: dataclasses.Field, hint, raw, source: str):
+    meta = f.metadata
+    text = str(raw).strip()
+
+    def fail(expected: str):
+        return SettingError(f"{source}={raw!r} is not valid: expected {expected}. {meta['help']}")
+
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise fail("one of 1, 0, true, false, yes, no, on, off")
+    if hint is int or hint is float:
+        try:
+            value = hint(text)
+        except ValueError:
+            raise fail("an integer" if hint is int else "a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise fail("a finite number")
+        lo, hi = meta["minimum"], meta["maximum"]
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise fail(f"a value from {lo} to {hi}" if hi is not None else f"a value >= {lo}")
+        if meta["multiple_of"] and value % meta["multiple_of"]:
+            raise fail(f"a multiple of {meta['multiple_of']}")
+        return value
+    if hint == Path | None:
+        if not text:
+            raise fail("a folder path")
+        return Path(text)
+    if meta["choices"]:
+        if text.lower() not in meta["choices"]:
+            raise fail("one of " + ", ".join(meta["choices"]))
+        return text.lower()
+    if not text:
+        raise fail("a non-empty value")
+    return text

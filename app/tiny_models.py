@@ -1,0 +1,133 @@
+"""A tiny random-weight model set in the volume's exact layout, for tests, demos and smoke checks.
+
+Same classes, config files, safetensors names and adapter key format as the real weights, so it
+loads through the production code path; only the sizes are small (runs in well under a second).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from app.config import ADAPTER_FOLDERS, Settings
+from app.weights import ADAPTER_FILE, UNET_WEIGHTS, ModelPaths, model_paths
+
+# The SD-1.5 inpainting repo ships a PNDM config; CatVTON reads it with DDIMScheduler, as we do.
+SCHEDULER_CONFIG = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "clip_sample": False,
+    "trained_betas": None,
+}
+
+UNET_CONFIG = {
+    "sample_size": 16,
+    "in_channels": 9,
+    "out_channels": 4,
+    "layers_per_block": 1,
+    "block_out_channels": (32, 64),
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
+
+# Four blocks keep the real VAE's 8x downsampling.
+VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (8, 16, 16, 16),
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "latent_channels": 4,
+    "sample_size": 64,
+    "scaling_factor": 0.18215,
+}
+
+
+def write_tiny_models(models_dir: Path | str, settings: Settings | None = None, seed: int = 0) -> ModelPaths:
+    """Write the tiny set under ``models_dir/<org>/<repo>/`` and return the folders the pipeline takes.
+
+    Each repo folder is built under a temporary name and renamed into place, so a crash never
+    leaves a half-written model behind.
+    """
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from app.pipeline import adapter_state_keys
+
+    models_dir = Path(models_dir)
+    settings = settings or Settings.from_env({})
+    paths = model_paths(settings, models_dir)
+    torch.manual_seed(seed)
+
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    with _staged(models_dir / settings.base_repo) as base:
+        # The fp16 variant, as the volume's selective download keeps it.
+        unet.save_config(base / "unet")
+        save_file({k: v.detach().to(torch.float16).contiguous() for k, v in unet.state_dict().items()},
+                  str(base / "unet" / UNET_WEIGHTS[0]), metadata={"format": "pt"})
+        (base / "scheduler").mkdir()
+        (base / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
+
+    with _staged(models_dir / settings.vae_repo) as vae_dir:
+        AutoencoderKL(**VAE_CONFIG).save_pretrained(vae_dir, safe_serialization=True)
+
+    params = dict(unet.named_parameters())
+    with _staged(models_dir / settings.adapter_repo) as adapter_root:
+        for offset, folder in enumerate(ADAPTER_FOLDERS.values()):
+            generator = torch.Generator().manual_seed(seed + 1 + offset)
+            state = {key: torch.randn(params[name].shape, generator=generator) * 0.05
+                     for key, name in adapter_state_keys(unet).items()}
+            (adapter_root / folder / "attention").mkdir(parents=True)
+            save_file(state, str(adapter_root / folder / "attention" / ADAPTER_FILE), metadata={"format": "pt"})
+    return paths
+
+
+def ensure_tiny_models(settings: Settings) -> ModelPaths:
+    """The tiny set for ``settings`` (``settings.models_dir``), written first if it is not there yet."""
+    from app.weights import missing_files
+
+    if missing_files(settings):
+        write_tiny_models(settings.models_dir, settings)
+    return model_paths(settings)
+
+
+class _staged:
+    """Build a folder under a temporary sibling name; on success replace ``target`` with it."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            os.rename(self.target, old)
+            os.rename(self.tmp, self.target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(self.tmp, self.target)
+        os.chmod(self.target, 0o755)
+        return False
