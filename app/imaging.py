@@ -8,11 +8,7 @@ Box = tuple[int, int, int, int]
 
 
 def center_crop_box(size: tuple[int, int], target: tuple[int, int]) -> Box:
-    """The centred box of ``size`` with the aspect of ``target``, in integer floor arithmetic.
-
-    The right/bottom edges are ``(w + new_w) // 2``, not ``left + new_w``: with an odd difference
-    the box is one pixel wider than ``new_w``, exactly as CatVTON crops.
-    """
+    """The centred box of ``size`` with the aspect of ``target``, in CatVTON's integer floor arithmetic."""
     w, h = size
     target_w, target_h = target
     if w / h < target_w / target_h:

@@ -144,12 +144,13 @@ class CatVTONPipeline:
         timings["scheduler"] = time.perf_counter() - start
 
         start = time.perf_counter()
+        in_channels = UNet2DConditionModel.load_config(base, subfolder="unet").get("in_channels")
+        if in_channels != 9:
+            raise AdapterError(f"{base / 'unet'} has {in_channels} input channels; CatVTON needs the "
+                               "9-channel inpainting UNet (stable-diffusion-inpainting).")
         variant = "fp16" if not (base / "unet" / UNET_WEIGHTS[1]).is_file() else None
         unet = UNet2DConditionModel.from_pretrained(
             base, subfolder="unet", variant=variant, torch_dtype=dtype, device_map=device_map)
-        if unet.config.in_channels != 9:
-            raise AdapterError(f"{base / 'unet'} has {unet.config.in_channels} input channels; CatVTON needs the "
-                               "9-channel inpainting UNet (stable-diffusion-inpainting).")
         processors = {name: (AttnProcessor2_0() if name.endswith("attn1.processor") else SkipCrossAttention())
                       for name in unet.attn_processors}
         unet.set_attn_processor(processors)

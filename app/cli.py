@@ -1,0 +1,225 @@
+"""Command line: ``python -m app demo | generate | tiny-models | settings``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from app.config import Settings, SettingError, settings_table
+
+EXIT_USAGE, EXIT_MISSING = 2, 3
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(**_overrides(args))
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return args.run(args, settings)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except SettingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description="CatVTON virtual try-on on a volume.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="one try-on of the built-in example (falls back to tiny models "
+                                            "when the real weights are missing)")
+    _model_options(demo)
+    _generation_options(demo)
+    demo.add_argument("--out", type=Path, help="where to write the result (default: <volume>/outputs/demo.png)")
+    demo.set_defaults(run=run_demo)
+
+    generate = commands.add_parser("generate", help="one try-on from image files")
+    generate.add_argument("--person", type=Path, required=True, help="photo of the person")
+    generate.add_argument("--garment", type=Path, required=True, help="photo of the garment")
+    generate.add_argument("--mask", type=Path, required=True,
+                          help="mask image, white where the garment goes, same size as the person photo")
+    generate.add_argument("--out", type=Path, required=True, help="where to write the result (.png, .jpg, .webp)")
+    _model_options(generate)
+    _generation_options(generate)
+    generate.set_defaults(run=run_generate)
+
+    tiny = commands.add_parser("tiny-models", help="write a tiny random-weight model set in the volume layout")
+    tiny.add_argument("dir", type=Path, help="volume root to write into (models go to DIR/models/...)")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    tiny.set_defaults(run=run_tiny_models)
+
+    table = commands.add_parser("settings", help="print every setting with its variable, default and value")
+    table.add_argument("--markdown", action="store_true", help="the README table")
+    table.set_defaults(run=run_settings)
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--volume", help="volume root (TRYON_VOLUME)")
+    parser.add_argument("--tiny", dest="tiny_models", action="store_const", const=True,
+                        help="offline: tiny random-weight models (TRYON_TINY_MODELS=1)")
+    parser.add_argument("--device", help="auto, cuda or cpu (TRYON_DEVICE)")
+    parser.add_argument("--dtype", help="auto, bf16, fp16 or fp32 (TRYON_DTYPE)")
+    parser.add_argument("--adapter-version", help="mix, vitonhd or dresscode (TRYON_ADAPTER_VERSION)")
+
+
+def _generation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", help="denoising steps, 1-100 (TRYON_STEPS)")
+    parser.add_argument("--guidance", help="guidance scale, >= 0 (TRYON_GUIDANCE)")
+    parser.add_argument("--seed", help="seed, -1 for random (TRYON_SEED)")
+    parser.add_argument("--width", help="output width, multiple of 8 (TRYON_WIDTH)")
+    parser.add_argument("--height", help="output height, multiple of 8 (TRYON_HEIGHT)")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    names = ("volume", "tiny_models", "device", "dtype", "adapter_version", "steps", "guidance", "width", "height")
+    overrides = {name: getattr(args, name, None) for name in names}
+    if args.command != "tiny-models":
+        overrides["seed"] = getattr(args, "seed", None)
+    return overrides
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+def run_generate(args: argparse.Namespace, settings: Settings) -> int:
+    person = _open_image(args.person, "person")
+    garment = _open_image(args.garment, "garment")
+    mask = _open_image(args.mask, "mask")
+    _check_output_path(args.out)
+    return _generate(settings, person, garment, mask, args.out)
+
+
+def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from app.demo_images import example_garment, example_mask, example_person
+    from app.weights import missing_files, missing_weights_message
+
+    missing = [] if settings.tiny_models else missing_files(settings)
+    if missing:
+        print(missing_weights_message(settings, missing), file=sys.stderr)
+        print("\nRunning the offline demo on tiny random-weight models instead: it shows the whole path "
+              "working, but the picture is noise, not a try-on.\n", file=sys.stderr)
+    overrides = {**_overrides(args), "tiny_models": settings.tiny_models or bool(missing)}
+    size_given = any(v is not None for v in (args.width, args.height, os.environ.get("TRYON_WIDTH"),
+                                             os.environ.get("TRYON_HEIGHT")))
+    if overrides["tiny_models"] and not size_given:
+        overrides.update(width=144, height=192)  # tiny models on a CPU: seconds, not a minute
+    if overrides["tiny_models"] and args.steps is None and "TRYON_STEPS" not in os.environ:
+        overrides["steps"] = 20
+    settings = Settings.from_env(**overrides)
+    out = args.out or settings.layout.outputs / "demo.png"
+    _check_output_path(out)
+    return _generate(settings, example_person(), example_garment(), example_mask(), out)
+
+
+def run_tiny_models(args: argparse.Namespace, settings: Settings) -> int:
+    from app.tiny_models import write_tiny_models
+
+    started = time.perf_counter()
+    write_tiny_models(args.dir / "models", settings, seed=args.seed)
+    print(f"tiny model set written to {args.dir / 'models'} in {time.perf_counter() - started:.1f} s")
+    print(f"use it with: TRYON_VOLUME={args.dir} python -m app demo")
+    return 0
+
+
+def run_settings(args: argparse.Namespace, settings: Settings) -> int:
+    rows = settings_table()
+    if args.markdown:
+        print("| Variable | Default | Allowed | Meaning |")
+        print("|---|---|---|---|")
+        for row in rows:
+            default = "" if row["default"] is None else f"`{row['default']}`"
+            print(f"| `{row['env']}` | {default} | {row['allowed']} | {row['help']} |")
+        return 0
+    for row in rows:
+        value = getattr(settings, row["env"].removeprefix("TRYON_").lower())
+        print(f"{row['env']:<24} {value!s:<52} {row['help']}")
+    return 0
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def _generate(settings: Settings, person: Image.Image, garment: Image.Image, mask: Image.Image, out: Path) -> int:
+    from app.engine import Engine, ModelLoadError
+    from app.pipeline import TryOnInputError
+
+    engine = Engine(settings)
+    print(f"loading models from {settings.models_dir} ...", file=sys.stderr)
+    try:
+        with engine.use() as pipe:
+            status = engine.status()
+            print(f"loaded on {status.device} ({status.dtype}) in {status.load_timings['total']:.1f} s",
+                  file=sys.stderr)
+            seed = None if settings.seed == -1 else settings.seed
+            result = pipe(person=person, garment=garment, mask=mask, steps=settings.steps,
+                          guidance=settings.guidance, seed=seed, width=settings.width, height=settings.height,
+                          callback=_progress)
+    except ModelLoadError as exc:
+        raise CliError(str(exc), EXIT_MISSING) from exc
+    except TryOnInputError as exc:
+        raise CliError(str(exc)) from exc
+    _save_atomically(result.image, out)
+    timings = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items())
+    print(f"saved {out} ({result.width}x{result.height}, seed {result.seed}, {result.steps} steps, "
+          f"guidance {result.guidance})")
+    print(f"timings: {timings}")
+    return 0
+
+
+def _progress(step: int, total: int) -> None:
+    if sys.stderr.isatty():
+        print(f"\rdenoising {step}/{total}", end="\n" if step == total else "", file=sys.stderr, flush=True)
+    elif step == total or step % max(1, total // 5) == 0:
+        print(f"denoising {step}/{total}", file=sys.stderr, flush=True)
+
+
+def _open_image(path: Path, role: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except FileNotFoundError:
+        raise CliError(f"{role} image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise CliError(f"{role} image {path} could not be read as an image ({exc}); use a PNG, JPEG or WebP.") \
+            from None
+
+
+def _check_output_path(out: Path) -> None:
+    suffix = out.suffix.lower()
+    if suffix not in Image.registered_extensions():
+        raise CliError(f"--out {out}: unknown image type {suffix or '(none)'}; end the name in .png, .jpg or .webp.")
+
+
+def _save_atomically(image: Image.Image, out: Path) -> None:
+    """Write to a temporary name beside ``out``, then rename, so no half-written file ever shows."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format=Image.registered_extensions()[out.suffix.lower()])
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,62 @@
+"""Shared fixtures: one tiny model set per session, written through the production kit, and example images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app.config import Settings
+from app.demo_images import example_garment, example_mask, example_person
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_volume(tmp_path_factory) -> Path:
+    """A volume whose models/ holds the tiny set in the real layout (read-only use: copy to modify)."""
+    from app.tiny_models import write_tiny_models
+
+    volume = tmp_path_factory.mktemp("volume")
+    write_tiny_models(volume / "models")
+    return volume
+
+
+@pytest.fixture
+def volume_copy(tiny_volume, tmp_path) -> Path:
+    """A private copy of the tiny volume, for tests that damage or remove files."""
+    target = tmp_path / "volume"
+    shutil.copytree(tiny_volume, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_paths(tiny_volume):
+    from app.weights import model_paths
+
+    return model_paths(Settings.from_env({}, volume=str(tiny_volume)))
+
+
+@pytest.fixture(scope="session")
+def pipe(tiny_paths):
+    import torch
+
+    from app.pipeline import CatVTONPipeline
+
+    return CatVTONPipeline.from_pretrained(tiny_paths.base, tiny_paths.vae, tiny_paths.adapter, device="cpu",
+                                           dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def images() -> dict[str, Image.Image]:
+    return {"person": example_person(), "garment": example_garment(), "mask": example_mask()}
+
+
+@pytest.fixture
+def make_settings():
+    """Settings as the app reads them, isolated from the developer's environment."""
+    def make(volume: Path, **overrides) -> Settings:
+        return Settings.from_env({}, volume=str(volume), device="cpu", **overrides)
+    return make
