@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from app.config import Settings, SettingError, settings_table
+from app.config import SettingError, Settings, settings_table
 
 EXIT_USAGE, EXIT_MISSING = 2, 3
 
@@ -158,8 +158,8 @@ def run_settings(args: argparse.Namespace, settings: Settings) -> int:
 # -- helpers --------------------------------------------------------------------------------------
 
 def _generate(settings: Settings, person: Image.Image, garment: Image.Image, mask: Image.Image, out: Path) -> int:
-    from app.engine import Engine, ModelLoadError
-    from app.pipeline import TryOnInputError
+    from app.engine import Engine
+    from app.errors import ModelLoadError, TryOnInputError
 
     engine = Engine(settings)
     print(f"loading models from {settings.models_dir} ...", file=sys.stderr)

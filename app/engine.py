@@ -15,18 +15,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from app.config import Settings
+from app.errors import DeviceError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
 UNLOADED, LOADING, READY, FAILED = "unloaded", "loading", "ready", "failed"
-
-
-class DeviceError(RuntimeError):
-    """The configured device or dtype cannot be used on this machine."""
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message says why and what to do. The next call retries."""
 
 
 @dataclass

@@ -22,6 +22,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 from safetensors.torch import load_file
 
+from app.errors import AdapterError, GenerationCancelled, TryOnInputError
 from app.imaging import resize_and_crop, resize_and_pad
 from app.weights import ADAPTER_FILE, UNET_WEIGHTS
 
@@ -34,18 +35,7 @@ MAX_SIDE = 2048
 MAX_STEPS = 100
 
 StepCallback = Callable[[int, int], None]
-
-
-class AdapterError(ValueError):
-    """The CatVTON attention file is missing, unreadable or does not fit the UNet."""
-
-
-class TryOnInputError(ValueError):
-    """A try-on argument is unusable; the message quotes the value and the fix."""
-
-
-class GenerationCancelled(Exception):
-    """Raise from a step callback to stop a generation between steps."""
+__all__ = ["AdapterError", "CatVTONPipeline", "GenerationCancelled", "TryOnInputError", "TryOnResult"]
 
 
 class SkipCrossAttention:

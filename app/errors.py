@@ -1,0 +1,21 @@
+"""The errors callers catch, importable without torch (the server maps them to answers)."""
+
+
+class TryOnInputError(ValueError):
+    """A try-on argument is unusable; the message quotes the value and the fix."""
+
+
+class AdapterError(ValueError):
+    """The CatVTON attention file is missing, unreadable or does not fit the UNet."""
+
+
+class GenerationCancelled(Exception):
+    """Raise from a step callback to stop a generation between steps."""
+
+
+class DeviceError(RuntimeError):
+    """The configured device or dtype cannot be used on this machine."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says why and what to do. The next call retries."""
