@@ -44,7 +44,7 @@ class Settings:
     volume: Path | None = _setting(
         None, "Volume root. Unset: /runpod-volume, else /workspace, else ./volume.")
     tiny_models: bool = _setting(
-        False, "Use tiny random-weight models in <volume>/tiny-models (made on first use): offline demos "
+        False, "Use tiny random-weight models in $TRYON_VOLUME/tiny-models (made on first use): offline demos "
         "and smoke tests; results are noise.")
     base_repo: str = _setting(
         "stable-diffusion-v1-5/stable-diffusion-inpainting", "Hub repo of the SD-1.5 inpainting UNet and scheduler.")
@@ -154,14 +154,17 @@ def settings_table() -> list[dict]:
     for f in dataclasses.fields(Settings):
         meta = f.metadata
         allowed = ", ".join(meta["choices"])
-        if not allowed and (meta["minimum"] is not None or meta["maximum"] is not None):
+        if hints[f.name] is bool:
+            allowed = "1/0, true/false, yes/no, on/off"
+        elif not allowed and (meta["minimum"] is not None or meta["maximum"] is not None):
             lo = "" if meta["minimum"] is None else meta["minimum"]
-            hi = "" if meta["maximum"] is None else meta["maximum"]
+            hi = "" if meta["maximum"] is None or meta["maximum"] >= 2**31 else meta["maximum"]
             allowed = f"{lo}..{hi}"
         if meta["multiple_of"]:
             allowed += f", multiple of {meta['multiple_of']}"
         type_name = getattr(hints[f.name], "__name__", None) or "path"
-        rows.append({"env": env_name(f.name), "type": type_name, "default": f.default,
+        default = int(f.default) if isinstance(f.default, bool) else f.default
+        rows.append({"env": env_name(f.name), "type": type_name, "default": default,
                      "allowed": allowed, "help": meta["help"]})
     return rows
 
