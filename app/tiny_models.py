@@ -91,7 +91,7 @@ def write_tiny_models(models_dir: Path | str, settings: Settings | None = None, 
     with _staged(models_dir / settings.adapter_repo) as adapter_root:
         for offset, folder in enumerate(ADAPTER_FOLDERS.values()):
             generator = torch.Generator().manual_seed(seed + 1 + offset)
-            state = {key: torch.randn(params[name].shape, generator=generator) * 0.05
+            state = {key: torch.randn(params[name].shape, generator=generator) * 0.3
                      for key, name in adapter_state_keys(unet).items()}
             (adapter_root / folder / "attention").mkdir(parents=True)
             save_file(state, str(adapter_root / folder / "attention" / ADAPTER_FILE), metadata={"format": "pt"})
