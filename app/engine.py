@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from app.config import Settings
 from app.errors import DeviceError, ModelLoadError
@@ -57,8 +58,7 @@ class Engine:
 
     def status(self) -> EngineStatus:
         with self._state_lock:
-            return EngineStatus(**{k: (dict(v) if isinstance(v, dict) else v)
-                                   for k, v in asdict(self._status).items()})
+            return replace(self._status, load_timings=dict(self._status.load_timings))
 
     def get(self):
         """The loaded pipeline, loading it first if needed (one load however many callers wait)."""
@@ -228,8 +228,6 @@ def _dtype_name(dtype) -> str:
 
 def _free_memory() -> None:
     gc.collect()
-    import sys
-
-    torch = sys.modules.get("torch")
+    torch = sys.modules.get("torch")  # only loaded pipelines are released, so torch is already imported
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
