@@ -160,7 +160,7 @@ start_heartbeat() {
       echo "$beat" > "$LOCK/heartbeat.tmp" 2>/dev/null && mv -f "$LOCK/heartbeat.tmp" "$LOCK/heartbeat" 2>/dev/null
       sleep "$interval"
     done
-  ) &
+  ) </dev/null >/dev/null 2>&1 &  # holds none of the app's stdio open
   HEARTBEAT_PID=$!
 }
 
