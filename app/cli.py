@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     table = commands.add_parser("settings", help="print every setting with its variable, default and value")
     table.add_argument("--markdown", action="store_true", help="the README table")
+    table.add_argument("--launcher", action="store_true", help="with --markdown: the launcher's settings")
     table.set_defaults(run=run_settings)
     return parser
 
@@ -141,15 +142,15 @@ def run_tiny_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_settings(args: argparse.Namespace, settings: Settings) -> int:
-    rows = settings_table()
     if args.markdown:
+        rows = settings_table(launcher=args.launcher)
         print("| Variable | Default | Allowed | Meaning |")
         print("|---|---|---|---|")
         for row in rows:
             default = "" if row["default"] is None else f"`{row['default']}`"
             print(f"| `{row['env']}` | {default} | {row['allowed']} | {row['help']} |")
         return 0
-    for row in rows:
+    for row in settings_table():
         value = getattr(settings, row["env"].removeprefix("TRYON_").lower())
         print(f"{row['env']:<24} {value!s:<52} {row['help']}")
     return 0

@@ -133,6 +133,25 @@ class VolumeLayout:
         return self.root / "app"
 
 
+# Read by launcher/entrypoint.sh (bash) before Python exists; declared here so the README table,
+# the doctor and the tests know them too.
+LAUNCHER_SETTINGS = (
+    ("TRYON_ENV_MODE", "archive", "archive, volume",
+     "archive: the runtime is unpacked from one archive on the volume to local disk; volume: a venv used in "
+     "place at $TRYON_VOLUME/venv (slower imports; for comparison)."),
+    ("TRYON_PYTHON", "3.11", "version or path",
+     "A version for a uv-managed Python packed into the runtime, or a path to an existing interpreter."),
+    ("TRYON_TORCH_BACKEND", "auto", "auto, cpu, cu126, cu128, ..., none",
+     "uv's --torch-backend; auto matches the host's NVIDIA driver; none passes no flag."),
+    ("TRYON_REQUIREMENTS", "launcher/requirements.txt", "path", "Pinned runtime dependencies (just lock)."),
+    ("TRYON_LOCAL_DIR", "/opt/tryon", "path",
+     "Local disk for the unpacked runtime, the app copy and uv's cache (~/.cache/catvton-volume when /opt "
+     "is not writable)."),
+    ("TRYON_LOCK_STALE_S", "300", "1..", "A build lock whose heartbeat has not moved for this long is taken over."),
+    ("TRYON_BUILD_WAIT_S", "3600", "0..", "How long a worker waits for another worker's build before giving up."),
+)
+
+
 def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
@@ -147,8 +166,8 @@ def resolve_volume(explicit: Path | str | None) -> Path:
     return LOCAL_VOLUME.resolve()
 
 
-def settings_table() -> list[dict]:
-    """Rows of (env var, type, default, allowed, help) for docs and the CLI."""
+def settings_table(launcher: bool = False) -> list[dict]:
+    """Rows of (env var, type, default, allowed, help) for docs and the CLI; the launcher's too if asked."""
     hints = typing.get_type_hints(Settings)
     rows = []
     for f in dataclasses.fields(Settings):
@@ -166,6 +185,9 @@ def settings_table() -> list[dict]:
         default = int(f.default) if isinstance(f.default, bool) else f.default
         rows.append({"env": env_name(f.name), "type": type_name, "default": default,
                      "allowed": allowed, "help": meta["help"]})
+    if launcher:
+        rows += [{"env": env, "type": "str", "default": default, "allowed": allowed, "help": help}
+                 for env, default, allowed, help in LAUNCHER_SETTINGS]
     return rows
 
 

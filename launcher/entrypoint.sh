@@ -21,6 +21,7 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 mib() { awk -v n="$1" 'BEGIN { printf "%.1f MiB", n / 1048576 }'; }
 sha256_of() { sha256sum | cut -c1-64; }
+host_name() { uname -n; }  # coreutils: slim images may lack the hostname command
 
 # -- settings --------------------------------------------------------------------------------------
 
@@ -140,7 +141,7 @@ ensure_uv() {
 # mkdir is atomic on every filesystem we meet, network ones included.
 try_lock() {
   mkdir "$LOCK" 2>/dev/null || return 1
-  printf 'host=%s\npid=%s\nstarted=%s\n' "$(hostname)" "$$" "$(date -u +%FT%TZ)" > "$LOCK/owner"
+  printf 'host=%s\npid=%s\nstarted=%s\n' "$(host_name)" "$$" "$(date -u +%FT%TZ)" > "$LOCK/owner"
   echo 0 > "$LOCK/heartbeat"
   HEARTBEAT_PID=""
   start_heartbeat
@@ -175,7 +176,7 @@ lock_owner() { tr '\n' ' ' < "$LOCK/owner" 2>/dev/null || echo "unknown owner"; 
 # Rename is atomic: of several workers that find the same stale lock, exactly one moves it away.
 take_over_stale_lock() {
   local graveyard
-  graveyard="$LOCK.stale.$(hostname).$$"
+  graveyard="$LOCK.stale.$(host_name).$$"
   if mv "$LOCK" "$graveyard" 2>/dev/null; then
     log "took over a stale build lock ($(tr '\n' ' ' < "$graveyard/owner" 2>/dev/null)): no heartbeat for ${LOCK_STALE_S} s"
     rm -rf "$graveyard"
@@ -245,7 +246,7 @@ build_runtime() {
 publish_archive() {
   local started tmp size files
   started=$(now)
-  tmp="$VOLUME/envs/.$KEY.tar.zst.tmp.$(hostname).$$"
+  tmp="$VOLUME/envs/.$KEY.tar.zst.tmp.$(host_name).$$"
   log "packing runtime to $ARCHIVE"
   tar -C "$RUNTIME" -cf - . | zstd -q -T0 -3 -o "$tmp" \
     || { rm -f "$tmp"; die "packing the runtime failed (phase: pack, path: $tmp); check free space on the volume"; }
@@ -253,7 +254,7 @@ publish_archive() {
   size=$(stat -c %s "$ARCHIVE")
   files=$(find "$RUNTIME" | wc -l)
   # The manifest is written last: an archive without one is never used.
-  printf 'key=%s\nsize=%s\nfiles=%s\nhost=%s\ncreated=%s\n%s\n' "$KEY" "$size" "$files" "$(hostname)" \
+  printf 'key=%s\nsize=%s\nfiles=%s\nhost=%s\ncreated=%s\n%s\n' "$KEY" "$size" "$files" "$(host_name)" \
     "$(date -u +%FT%TZ)" "$KEY_MATERIAL" > "$MANIFEST.tmp.$$"
   mv -f "$MANIFEST.tmp.$$" "$MANIFEST"
   log "runtime published as one archive ($(mib "$size"), $files files) in $(since "$started") s"

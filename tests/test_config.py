@@ -77,6 +77,13 @@ def test_unknown_override_is_a_programming_error():
 def test_every_setting_is_documented_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     documented = set(re.findall(r"`(TRYON_[A-Z0-9_]+)`", readme))
-    declared = {row["env"] for row in settings_table()}
-    assert declared - documented == set(), "add these to the README settings table (python -m app settings --markdown)"
+    declared = {row["env"] for row in settings_table(launcher=True)}
+    assert declared - documented == set(), "add these to the README (python -m app settings --markdown [--launcher])"
     assert documented - declared == set(), "the README names settings that app/config.py does not declare"
+
+
+def test_the_launcher_reads_only_declared_settings():
+    script = (ROOT / "launcher" / "entrypoint.sh").read_text()
+    used = set(re.findall(r"\b(TRYON_[A-Z0-9_]+)", script))
+    declared = {row["env"] for row in settings_table(launcher=True)}
+    assert used - declared == set(), "declare these in app/config.py LAUNCHER_SETTINGS"

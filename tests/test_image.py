@@ -1,0 +1,37 @@
+"""Dockerfile.volume, checked statically (no Docker engine here; hadolint runs in ./dev lint)."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = (ROOT / "Dockerfile.volume").read_text()
+
+
+def instructions(name: str) -> list[str]:
+    return re.findall(rf"^{name}\s+(.+)$", DOCKERFILE, flags=re.MULTILINE)
+
+
+def test_image_is_a_launcher_only():
+    bases = [line.split()[0] for line in instructions("FROM")]
+    assert bases[-1].startswith("debian:") and "slim" in bases[-1]
+    assert not any("cuda" in base or "pytorch" in base for base in bases), "no CUDA toolkit: wheels bring theirs"
+    assert "pip install" not in DOCKERFILE and "uv pip" not in DOCKERFILE, "Python packages live on the volume"
+    assert not re.search(r"safetensors|models/", DOCKERFILE), "weights live on the volume"
+
+
+def test_image_ships_uv_zstd_the_launcher_and_the_fallback_app():
+    assert any("/uv /usr/local/bin/uv" in line for line in instructions("COPY"))
+    assert re.search(r"apt-get install .*ca-certificates.*zstd", DOCKERFILE)
+    copies = instructions("COPY")
+    assert "launcher/ /opt/catvton/launcher/" in copies and "app/ /opt/catvton/app/" in copies
+    assert instructions("ENTRYPOINT") == ['["/opt/catvton/launcher/entrypoint.sh"]']
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in DOCKERFILE
+
+
+def test_entrypoint_finds_the_fallback_app_where_the_image_puts_it():
+    # entrypoint.sh looks for the image's app next to its own folder: /opt/catvton/{launcher,app}.
+    script = (ROOT / "launcher" / "entrypoint.sh").read_text()
+    assert 'IMAGE_APP_DIR=$(dirname "$LAUNCHER_DIR")' in script
+    assert (ROOT / "launcher" / "requirements.txt").is_file()
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "!launcher/" in ignored and "!app/" in ignored
