@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -62,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_options(generate)
     generate.set_defaults(run=run_generate)
 
+    serve = commands.add_parser("serve", help="the try-on studio, REST API and /ping on one port")
+    serve.add_argument("--host", help="listen address (TRYON_HOST, default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port (PORT, default 7860); PORT_HEALTH adds a /ping-only port")
+    serve.add_argument("--share", action="store_true", help="also open a public Gradio share link")
+    serve.add_argument("--auth", metavar="USER:PASS", help="require this login for the web page")
+    serve.add_argument("--preload", dest="preload", action="store_const", const=True,
+                       help="load the model at start (TRYON_PRELOAD=1)")
+    serve.add_argument("--tiny-if-missing", action="store_true",
+                       help="when the real weights are missing, say so and serve the tiny models instead")
+    _model_options(serve)
+    serve.set_defaults(run=run_serve)
+
     tiny = commands.add_parser("tiny-models", help="write a tiny random-weight model set in the volume layout")
     tiny.add_argument("dir", type=Path, help="volume root to write into (models go to DIR/models/...)")
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
@@ -92,7 +103,8 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    names = ("volume", "tiny_models", "device", "dtype", "adapter_version", "steps", "guidance", "width", "height")
+    names = ("volume", "tiny_models", "device", "dtype", "adapter_version", "steps", "guidance", "width", "height",
+             "host", "preload")
     overrides = {name: getattr(args, name, None) for name in names}
     if args.command != "tiny-models":
         overrides["seed"] = getattr(args, "seed", None)
@@ -111,24 +123,51 @@ def run_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
     from app.demo_images import example_garment, example_mask, example_person
+
+    settings = _tiny_fallback(args, settings)
+    out = args.out or settings.layout.outputs / "demo.png"
+    _check_output_path(out)
+    return _generate(settings, example_person(), example_garment(), example_mask(), out)
+
+
+def _tiny_fallback(args: argparse.Namespace, settings: Settings) -> Settings:
+    """Settings for the offline demo when the real weights are missing (said loudly), else unchanged.
+
+    On tiny models the defaults shrink to a small picture and fewer steps unless given explicitly:
+    seconds on a CPU rather than minutes.
+    """
     from app.weights import missing_files, missing_weights_message
 
     missing = [] if settings.tiny_models else missing_files(settings)
     if missing:
         print(missing_weights_message(settings, missing), file=sys.stderr)
-        print("\nRunning the offline demo on tiny random-weight models instead: it shows the whole path "
-              "working, but the picture is noise, not a try-on.\n", file=sys.stderr)
+        print("\nUsing the offline demo on tiny random-weight models instead: it shows the whole path "
+              "working, but the pictures are noise, not try-ons.\n", file=sys.stderr)
     overrides = {**_overrides(args), "tiny_models": settings.tiny_models or bool(missing)}
-    size_given = any(v is not None for v in (args.width, args.height, os.environ.get("TRYON_WIDTH"),
-                                             os.environ.get("TRYON_HEIGHT")))
-    if overrides["tiny_models"] and not size_given:
-        overrides.update(width=144, height=192)  # tiny models on a CPU: seconds, not a minute
-    if overrides["tiny_models"] and args.steps is None and "TRYON_STEPS" not in os.environ:
-        overrides["steps"] = 20
-    settings = Settings.from_env(**overrides)
-    out = args.out or settings.layout.outputs / "demo.png"
-    _check_output_path(out)
-    return _generate(settings, example_person(), example_garment(), example_mask(), out)
+    if overrides["tiny_models"]:
+        explicit = {name for name in ("width", "height", "steps")
+                    if overrides.get(name) is not None or f"TRYON_{name.upper()}" in os.environ}
+        if not explicit & {"width", "height"}:
+            overrides.update(width=384, height=512)
+        if "steps" not in explicit:
+            overrides["steps"] = 10
+    return Settings.from_env(**overrides)
+
+
+def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from app.server import port_from_env, serve
+
+    auth = None
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            raise CliError("--auth must be USER:PASS, both non-empty.")
+        auth = (user, password)
+    if args.tiny_if_missing:
+        settings = _tiny_fallback(args, settings)
+    port = args.port or port_from_env("PORT", 7860)
+    serve(settings, settings.host, port, share=args.share, auth=auth, health_port=port_from_env("PORT_HEALTH", None))
+    return 0
 
 
 def run_tiny_models(args: argparse.Namespace, settings: Settings) -> int:
@@ -177,7 +216,11 @@ def _generate(settings: Settings, person: Image.Image, garment: Image.Image, mas
         raise CliError(str(exc), EXIT_MISSING) from exc
     except TryOnInputError as exc:
         raise CliError(str(exc)) from exc
-    _save_atomically(result.image, out)
+    from app.outputs import write_atomically
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_format = Image.registered_extensions()[out.suffix.lower()]
+    write_atomically(out, lambda handle: result.image.save(handle, format=image_format))
     timings = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in result.timings.items())
     print(f"saved {out} ({result.width}x{result.height}, seed {result.seed}, {result.steps} steps, "
           f"guidance {result.guidance})")
@@ -208,19 +251,3 @@ def _check_output_path(out: Path) -> None:
     suffix = out.suffix.lower()
     if suffix not in Image.registered_extensions():
         raise CliError(f"--out {out}: unknown image type {suffix or '(none)'}; end the name in .png, .jpg or .webp.")
-
-
-def _save_atomically(image: Image.Image, out: Path) -> None:
-    """Write to a temporary name beside ``out``, then rename, so no half-written file ever shows."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=Image.registered_extensions()[out.suffix.lower()])
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

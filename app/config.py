@@ -66,6 +66,13 @@ class Settings:
     preload: bool = _setting(False, "Load the model in the background at start instead of on first use.")
     idle_release_s: float = _setting(
         0.0, "Free the model (and GPU memory) after this many idle seconds; 0 keeps it loaded.", minimum=0.0)
+    mask_blur: float = _setting(9.0, "Default Gaussian blur radius applied to masks before the try-on.",
+                                minimum=0.0, maximum=50.0)
+    queue_max: int = _setting(8, "Try-ons that may wait behind the running one; more get a busy answer (429).",
+                              minimum=1, maximum=1000)
+    save_inputs: bool = _setting(False, "Also keep the person, garment and mask images next to each result.")
+    max_upload_mb: float = _setting(20.0, "Largest accepted upload or base64 image, in MB.", minimum=1.0)
+    host: str = _setting("0.0.0.0", "Address the server listens on (the port comes from PORT).")
     log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
 
     @classmethod

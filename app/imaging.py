@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from PIL import Image
+import io
+import warnings
 
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+
+from app.errors import TryOnInputError
+
+MAX_PIXELS = 50_000_000  # a 50-megapixel photo is plenty; larger is a mistake or a decompression bomb
 Box = tuple[int, int, int, int]
 
 
@@ -41,3 +47,43 @@ def resize_and_pad(image: Image.Image, size: tuple[int, int], fill=(255, 255, 25
     canvas = Image.new("RGB", size, fill)
     canvas.paste(image.resize((right - left, bottom - top), Image.LANCZOS), (left, top))
     return canvas
+
+
+def decode_image(data: bytes, role: str) -> Image.Image:
+    """Bytes -> an upright PIL image, or a TryOnInputError naming ``role`` and what to send instead."""
+    if not data:
+        raise TryOnInputError(f"{role} image is empty: send the bytes of a PNG, JPEG or WebP file.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > MAX_PIXELS:
+                raise TryOnInputError(f"{role} image is {image.width}x{image.height}, over {MAX_PIXELS // 10**6} "
+                                      "megapixels: send a smaller photo.")
+            image.load()
+    except TryOnInputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as exc:
+        raise TryOnInputError(f"{role} is not an image that can be read ({exc}); send a PNG, JPEG or WebP.") \
+            from None
+    return ImageOps.exif_transpose(image)
+
+
+def mask_from_layers(layers: list[Image.Image], size: tuple[int, int]) -> Image.Image:
+    """The painted area of editor layers (any non-transparent pixel) as a white-on-black mask."""
+    mask = Image.new("L", size, 0)
+    for layer in layers:
+        if layer is None:
+            continue
+        alpha = layer.convert("RGBA").getchannel("A")
+        if alpha.size != size:
+            alpha = alpha.resize(size, Image.NEAREST)
+        mask.paste(255, (0, 0), alpha.point(lambda a: 255 if a > 0 else 0))
+    return mask
+
+
+def blur_mask(mask: Image.Image, radius: float) -> Image.Image:
+    """Soften a mask's edge (the pipeline binarises at 0.5, so this rounds corners and fills pinholes)."""
+    mask = mask.convert("L")
+    return mask.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else mask

@@ -7,7 +7,6 @@ Nothing here does I/O beyond reading weights from local folders.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from safetensors.torch import load_file
 
 from app.errors import AdapterError, GenerationCancelled, TryOnInputError
 from app.imaging import resize_and_crop, resize_and_pad
+from app.validation import check_generation_args
 from app.weights import ADAPTER_FILE, UNET_WEIGHTS
 
 # The reference saved its adapter from a ModuleList of every module whose name contains "attn1":
@@ -31,8 +31,6 @@ from app.weights import ADAPTER_FILE, UNET_WEIGHTS
 # so the i-th attn1's parameters are stored under the positional prefix 8*i.
 ADAPTER_KEY_STRIDE = 8
 CONCAT_DIM = -2  # person on top, garment below
-MAX_SIDE = 2048
-MAX_STEPS = 100
 
 StepCallback = Callable[[int, int], None]
 __all__ = ["AdapterError", "CatVTONPipeline", "GenerationCancelled", "TryOnInputError", "TryOnResult"]
@@ -170,17 +168,7 @@ class CatVTONPipeline:
             raise TryOnInputError(
                 f"mask size {mask.width}x{mask.height} differs from the person photo's {person.width}x{person.height}; "
                 "draw or generate the mask on this photo.")
-        for name, value in (("width", width), ("height", height)):
-            if not isinstance(value, int) or isinstance(value, bool) or not 64 <= value <= MAX_SIDE or value % 8:
-                raise TryOnInputError(f"{name}={value!r} is not usable: use a multiple of 8 from 64 to {MAX_SIDE}.")
-        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
-            raise TryOnInputError(f"steps={steps!r} is not usable: use a whole number from 1 to {MAX_STEPS}.")
-        if not isinstance(guidance, (int, float)) or not math.isfinite(guidance) or guidance < 0:
-            raise TryOnInputError(f"guidance={guidance!r} is not usable: use a number >= 0 (2.5 is typical; "
-                                  "<= 1 turns guidance off).")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
-            raise TryOnInputError(f"seed={seed!r} is not usable: use a whole number from 0 to 2**63-1, or None "
-                                  "for a random one.")
+        check_generation_args(steps, guidance, seed, width, height)
 
     def preprocess(self, person: Image.Image, garment: Image.Image, mask: Image.Image,
                    width: int, height: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

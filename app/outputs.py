@@ -1,0 +1,119 @@
+"""The results store on the volume: outputs/YYYY-MM-DD/<time>-<id>.png plus a .json sidecar.
+
+Files are written under temporary names and renamed; the sidecar is written last and is what
+makes a result visible, so a crash never leaves a half result in the gallery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from PIL import Image
+
+RESULT_ID = re.compile(r"^\d{4}-\d{2}-\d{2}/\d{6}-[0-9a-f]{8}$")
+
+
+@dataclass(frozen=True)
+class SavedResult:
+    id: str  # "YYYY-MM-DD/HHMMSS-xxxxxxxx"
+    image_path: Path
+    metadata: dict
+
+    @property
+    def sidecar_path(self) -> Path:
+        return self.image_path.with_suffix(".json")
+
+
+def image_digest(image: Image.Image) -> str:
+    """A hash of the pixels (mode and size included), for the sidecar: which inputs made this result."""
+    digest = hashlib.sha256(f"{image.mode}:{image.width}x{image.height}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()[:16]
+
+
+class ResultStore:
+    def __init__(self, outputs_dir: Path, volume_root: Path, save_inputs: bool = False):
+        self.outputs_dir = Path(outputs_dir)
+        self.volume_root = Path(volume_root)
+        self.save_inputs = save_inputs
+
+    def save(self, image: Image.Image, metadata: dict, inputs: dict[str, Image.Image] | None = None,
+             session: str | None = None) -> SavedResult:
+        now = datetime.now(timezone.utc)
+        result_id = f"{now:%Y-%m-%d}/{now:%H%M%S}-{uuid.uuid4().hex[:8]}"
+        folder = self.outputs_dir / result_id.split("/")[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        image_path = self.outputs_dir / f"{result_id}.png"
+        record = {
+            **metadata,
+            "id": result_id,
+            "created": now.isoformat(timespec="seconds"),
+            "image": self.relative(image_path),
+            "session": session,
+            "inputs": {role: image_digest(img) for role, img in (inputs or {}).items()},
+        }
+        if self.save_inputs and inputs:
+            record["input_files"] = {}
+            for role, img in inputs.items():
+                path = image_path.with_name(f"{image_path.stem}.{role}.png")
+                write_atomically(path, lambda handle, img=img: img.save(handle, format="PNG"))
+                record["input_files"][role] = self.relative(path)
+        write_atomically(image_path, lambda handle: image.save(handle, format="PNG"))
+        body = json.dumps(record, indent=2, sort_keys=True).encode()
+        write_atomically(image_path.with_suffix(".json"), lambda handle: handle.write(body))
+        return SavedResult(result_id, image_path, record)
+
+    def list(self, session: str | None = None, offset: int = 0, limit: int = 24,
+             only_session: bool = False) -> tuple[list[SavedResult], int]:
+        """Complete results, newest first; with ``only_session`` just those made in ``session``."""
+        sidecars = sorted(self.outputs_dir.glob("????-??-??/*.json"), key=lambda p: (p.parent.name, p.name),
+                          reverse=True)
+        found = []
+        for sidecar in sidecars:
+            if sidecar.name.startswith("."):
+                continue
+            result = self._load(sidecar)
+            if result is None or (only_session and result.metadata.get("session") != session):
+                continue
+            found.append(result)
+        return found[offset:offset + limit], len(found)
+
+    def get(self, result_id: str) -> SavedResult | None:
+        if not RESULT_ID.match(result_id):
+            return None
+        return self._load(self.outputs_dir / f"{result_id}.json")
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.volume_root).as_posix()
+
+    def _load(self, sidecar: Path) -> SavedResult | None:
+        image_path = sidecar.with_suffix(".png")
+        try:
+            metadata = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            return None
+        if not image_path.is_file():
+            return None
+        return SavedResult(metadata.get("id", ""), image_path, metadata)
+
+
+def write_atomically(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

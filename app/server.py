@@ -1,0 +1,262 @@
+"""The HTTP host: /ping for load balancers, the REST API under /v1, and the Gradio studio at /.
+
+Importing this module imports no torch: /ping and the page answer while the model is not loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import threading
+from pathlib import Path, PurePosixPath
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.config import Settings
+from app.engine import FAILED, READY, Engine
+from app.errors import ModelLoadError, TryOnInputError
+from app.imaging import decode_image
+from app.outputs import ResultStore
+from app.service import BusyError, TryOnOptions, TryOnService
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_body(code: str, message: str) -> dict:
+    """The one error shape of the whole API."""
+    return {"error": {"code": code, "message": message}}
+
+
+class ImageRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = None
+    base64: str | None = None
+
+
+class TryOnBody(BaseModel):
+    """POST /v1/tryon. Images are volume-relative paths ("inputs/me.jpg") or {"base64": "..."}."""
+
+    model_config = ConfigDict(extra="forbid")
+    person: str | ImageRef
+    garment: str | ImageRef
+    mask: str | ImageRef | None = None
+    garment_type: str = "upper"
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    mask_blur: float | None = None
+    return_image: bool = False
+
+
+def ping_status(settings: Settings, engine: Engine) -> int:
+    """200 ready, 204 initialising, 503 failed. Lazy loading (no preload) counts as ready: the first
+    request loads the model, and a load balancer must route one to it."""
+    state = engine.status().state
+    if state == FAILED:
+        return 503
+    if settings.preload and state != READY:
+        return 204
+    return 200
+
+
+def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = True,
+               auth: tuple[str, str] | None = None, per_session_gallery: bool = False) -> FastAPI:
+    engine = engine or Engine(settings)
+    store = ResultStore(settings.layout.outputs, settings.layout.root, save_inputs=settings.save_inputs)
+    service = TryOnService(settings, engine, store)
+    app = FastAPI(title="catvton-volume", docs_url="/v1/docs", openapi_url="/v1/openapi.json", redoc_url=None)
+    app.state.settings, app.state.engine, app.state.service = settings, engine, service
+    add_health_routes(app, settings, engine)
+    add_api_routes(app, settings, service)
+    add_error_handlers(app)
+    if ui:
+        import gradio as gr
+
+        from app.ui import build_ui
+
+        blocks = build_ui(service, settings, per_session_gallery=per_session_gallery)
+        blocks.queue(max_size=settings.queue_max, default_concurrency_limit=1)
+        app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, max_file_size=int(settings.max_upload_mb * 1_000_000),
+                                  show_error=True, footer_links=["api"])
+        app.state.settings, app.state.engine, app.state.service = settings, engine, service
+    return app
+
+
+def add_health_routes(app: FastAPI, settings: Settings, engine: Engine) -> None:
+    @app.get("/ping", include_in_schema=False)
+    def ping() -> Response:
+        status = ping_status(settings, engine)
+        if status == 503:
+            return JSONResponse(error_body("model_unavailable", engine.status().error or "model failed to load"),
+                                status_code=503)
+        return Response(status_code=status) if status == 204 else JSONResponse({"status": "ready"})
+
+
+def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> None:
+    @app.get("/v1/status")
+    def status() -> dict:
+        return {"engine": service.engine.status().as_dict(), "queue": service.queue_state()}
+
+    @app.post("/v1/tryon")
+    def tryon(body: TryOnBody) -> dict:
+        person = load_image(settings, body.person, "person")
+        garment = load_image(settings, body.garment, "garment")
+        if body.mask == "auto":
+            raise ApiError(400, "unsupported", "mask \"auto\" is not available on this server yet: send a mask image "
+                           "(white where the garment goes).")
+        mask = None if body.mask is None else load_image(settings, body.mask, "mask")
+        defaults = TryOnOptions.defaults(settings)
+        options = TryOnOptions(**{
+            name: value if value is not None else getattr(defaults, name)
+            for name, value in (("garment_type", body.garment_type), ("steps", body.steps),
+                                ("guidance", body.guidance), ("seed", body.seed), ("width", body.width),
+                                ("height", body.height), ("mask_blur", body.mask_blur))})
+        saved = service.run(person, garment, mask, options, session="api")
+        answer = {"id": saved.id, "output": saved.metadata["image"], "seed": saved.metadata["seed"],
+                  "timings": saved.metadata["timings"], "width": options.width, "height": options.height,
+                  "device": saved.metadata["device"]}
+        if body.return_image:
+            answer["image_base64"] = base64.b64encode(saved.image_path.read_bytes()).decode()
+        return answer
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    def reply(status: int, code: str, message: str) -> JSONResponse:
+        return JSONResponse(error_body(code, message), status_code=status)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return reply(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(TryOnInputError)
+    async def input_error(request: Request, exc: TryOnInputError):
+        return reply(400, "invalid_input", str(exc))
+
+    @app.exception_handler(BusyError)
+    async def busy(request: Request, exc: BusyError):
+        return reply(429, "busy", str(exc))
+
+    @app.exception_handler(ModelLoadError)
+    async def model_error(request: Request, exc: ModelLoadError):
+        return reply(503, "model_unavailable", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        return reply(400, "invalid_request", f"the request body is not valid: {problems}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return reply(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return reply(500, "internal", f"unexpected server error ({type(exc).__name__}); see the server log")
+
+
+def load_image(settings: Settings, ref, role: str):
+    """An image given as a volume-relative path or as base64, with every size and path check."""
+    limit = int(settings.max_upload_mb * 1_000_000)
+    if isinstance(ref, str):
+        ref = ImageRef(path=ref)
+    if (ref.path is None) == (ref.base64 is None):
+        raise ApiError(400, "invalid_request", f"{role}: give exactly one of a volume-relative path or base64.")
+    if ref.base64 is not None:
+        text = ref.base64.split(",", 1)[1] if ref.base64.startswith("data:") else ref.base64
+        if len(text) * 3 // 4 > limit:
+            raise ApiError(413, "too_large", f"{role} image is over {settings.max_upload_mb:g} MB; send a smaller one.")
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "bad_base64", f"{role}: the base64 text is not valid base64.") from None
+    else:
+        path = resolve_in_volume(settings.layout.root, ref.path, role)
+        if path.stat().st_size > limit:
+            raise ApiError(413, "too_large", f"{role} image {ref.path} is over {settings.max_upload_mb:g} MB.")
+        data = path.read_bytes()
+    return decode_image(data, role)
+
+
+def resolve_in_volume(volume: Path, relative: str, role: str) -> Path:
+    """``relative`` inside the volume: no absolute paths, no "..", no symlink that leads outside."""
+    pure = PurePosixPath(relative)
+    if not relative or "\x00" in relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative:
+        raise ApiError(400, "bad_path", f"{role} path {relative!r} must be relative to the volume, without '..' "
+                       "(e.g. \"inputs/person.jpg\").")
+    root = volume.resolve()
+    path = (root / pure).resolve()
+    if not path.is_relative_to(root):
+        raise ApiError(400, "bad_path", f"{role} path {relative!r} leads outside the volume.")
+    if not path.is_file():
+        raise ApiError(404, "not_found", f"{role} path {relative!r} is not a file on the volume.")
+    return path
+
+
+def health_only_app(settings: Settings, engine: Engine) -> FastAPI:
+    """What PORT_HEALTH serves when it differs from PORT: /ping only."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    add_health_routes(app, settings, engine)
+    return app
+
+
+def serve(settings: Settings, host: str, port: int, share: bool = False, auth: tuple[str, str] | None = None,
+          health_port: int | None = None) -> None:
+    import uvicorn
+
+    engine = Engine(settings)
+    app = create_app(settings, engine, auth=auth, per_session_gallery=share and auth is None)
+    engine.start()
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=settings.log_level,
+                                           timeout_graceful_shutdown=5))
+    if health_port and health_port != port:
+        health = uvicorn.Server(uvicorn.Config(health_only_app(settings, engine), host=host, port=health_port,
+                                               log_level="warning"))
+        threading.Thread(target=health.run, name="health-server", daemon=True).start()
+        log.info("/ping also on port %d", health_port)
+    if share:
+        threading.Thread(target=_open_share_link, args=(server, port), name="share-link", daemon=True).start()
+    log.info("serving on http://%s:%d (volume %s)", host, port, settings.layout.root)
+    server.run()
+
+
+def _open_share_link(server, port: int) -> None:
+    import secrets
+    import time
+
+    while not server.started:
+        time.sleep(0.1)
+    try:
+        from gradio.networking import setup_tunnel
+
+        url = setup_tunnel("127.0.0.1", port, secrets.token_urlsafe(32), None, None)
+        log.info("public share link: %s", url)
+        print(f"Public share link: {url}", flush=True)
+    except Exception as exc:  # offline, blocked, or the tunnel client could not be fetched
+        log.error("could not open a public share link (%s: %s); the local server keeps running. Share links need "
+                  "internet access to Gradio's share server.", type(exc).__name__, exc)
+
+
+def port_from_env(name: str, default: int | None) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        from app.config import SettingError
+
+        raise SettingError(f"{name}={raw!r} is not valid: expected a port number from 1 to 65535.")
+    return int(raw)

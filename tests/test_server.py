@@ -1,0 +1,217 @@
+"""The HTTP surface in process: /ping, REST /v1/tryon with the one error shape, results on the volume."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.engine import Engine
+from app.server import create_app
+
+FAST = {"steps": 2, "width": 64, "height": 96}
+
+
+def b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture
+def volume(volume_copy, images):
+    inputs = volume_copy / "inputs"
+    inputs.mkdir()
+    for role, image in images.items():
+        image.save(inputs / f"{role}.png")
+    return volume_copy
+
+
+@pytest.fixture
+def client(volume, make_settings):
+    app = create_app(make_settings(volume), ui=False)
+    with TestClient(app) as client:
+        yield client
+
+
+def outputs(volume) -> list[str]:
+    folder = volume / "outputs"
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def assert_error(response, status: int, code: str, *fragments: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code
+    for fragment in fragments:
+        assert fragment in body["error"]["message"]
+
+
+def test_tryon_with_volume_paths_writes_png_and_sidecar(client, volume):
+    response = client.post("/v1/tryon", json={"person": "inputs/person.png", "garment": "inputs/garment.png",
+                                              "mask": "inputs/mask.png", "seed": 5, **FAST})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["seed"] == 5 and body["output"].startswith("outputs/") and body["output"].endswith(".png")
+    assert {"preprocess", "denoise", "total", "queue_wait"} <= set(body["timings"])
+    image_path = volume / body["output"]
+    with Image.open(image_path) as image:
+        assert image.size == (64, 96)
+    sidecar = json.loads(image_path.with_suffix(".json").read_text())
+    assert sidecar["seed"] == 5 and sidecar["settings"]["steps"] == 2
+    assert sidecar["models"]["adapter_version"] == "mix" and sidecar["device"] == "cpu"
+    assert set(sidecar["inputs"]) == {"person", "garment", "mask"}
+    assert not any(name.startswith(".") or "/." in name for name in outputs(volume))
+    assert not (image_path.parent / f"{image_path.stem}.person.png").exists()  # inputs kept only if asked
+
+
+def test_tryon_with_base64_and_random_seed_returns_the_image(client, images):
+    response = client.post("/v1/tryon", json={"person": {"base64": b64(images["person"])},
+                                              "garment": {"base64": "data:image/png;base64," + b64(images["garment"])},
+                                              "mask": {"base64": b64(images["mask"])}, "seed": -1,
+                                              "return_image": True, **FAST})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert 0 <= body["seed"] < 2**63
+    with Image.open(io.BytesIO(base64.b64decode(body["image_base64"]))) as image:
+        assert image.size == (64, 96)
+
+
+@pytest.mark.parametrize("path", ["../outside.png", "/etc/passwd", "inputs/../../outside.png", "inputs\\..\\x.png",
+                                  "", "link/outside.png"])
+def test_path_escapes_are_rejected_and_nothing_is_written(client, volume, path):
+    outside = volume.parent / "outside.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    (volume / "link").symlink_to(volume.parent, target_is_directory=True)
+    response = client.post("/v1/tryon", json={"person": path, "garment": "inputs/garment.png",
+                                              "mask": "inputs/mask.png", **FAST})
+    assert_error(response, 400, "bad_path", "person path")
+    assert outputs(volume) == []
+
+
+def test_missing_file_is_a_404(client, volume):
+    response = client.post("/v1/tryon", json={"person": "inputs/nobody.png", "garment": "inputs/garment.png",
+                                              "mask": "inputs/mask.png"})
+    assert_error(response, 404, "not_found", "inputs/nobody.png")
+
+
+@pytest.mark.parametrize(("body", "status", "code", "fragment"), [
+    ({"person": {"base64": "%%%not base64%%%"}, "garment": "inputs/garment.png", "mask": "inputs/mask.png"},
+     400, "bad_base64", "person"),
+    ({"person": {"base64": base64.b64encode(b"plain text, not a picture").decode()}, "garment": "inputs/garment.png",
+      "mask": "inputs/mask.png"}, 400, "invalid_input", "person is not an image"),
+    ({"person": 12, "garment": "inputs/garment.png"}, 400, "invalid_request", "person"),
+    ({"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "inputs/mask.png", "steps": "many"},
+     400, "invalid_request", "steps"),
+    ({"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "inputs/mask.png", "colour": "red"},
+     400, "invalid_request", "colour"),
+    ({"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "inputs/mask.png", "steps": 0},
+     400, "invalid_input", "steps=0"),
+    ({"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "inputs/mask.png", "width": 100},
+     400, "invalid_input", "width=100"),
+    ({"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "inputs/mask.png",
+      "garment_type": "hat"}, 400, "invalid_input", "garment_type='hat'"),
+    ({"person": "inputs/person.png", "garment": "inputs/garment.png"}, 400, "invalid_input", "no mask"),
+    ({"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "auto"}, 400, "unsupported", "auto"),
+    ({"person": {"path": "inputs/person.png", "base64": "AAAA"}, "garment": "inputs/garment.png"},
+     400, "invalid_request", "exactly one"),
+])
+def test_bad_requests_get_the_error_shape(client, volume, body, status, code, fragment):
+    assert_error(client.post("/v1/tryon", json=body), status, code, fragment)
+    assert outputs(volume) == []
+
+
+def test_non_json_and_unknown_routes_get_the_error_shape(client):
+    assert_error(client.post("/v1/tryon", content=b"person=me", headers={"content-type": "text/plain"}),
+                 400, "invalid_request")
+    assert_error(client.get("/v1/nothing-here"), 404, "http_error")
+
+
+def test_empty_mask_is_refused(client, volume):
+    Image.new("L", (384, 512), 0).save(volume / "inputs" / "blank.png")
+    response = client.post("/v1/tryon", json={"person": "inputs/person.png", "garment": "inputs/garment.png",
+                                              "mask": "inputs/blank.png", **FAST})
+    assert_error(response, 400, "invalid_input", "mask is empty")
+
+
+def test_missing_weights_answer_503_and_the_server_keeps_serving(tmp_path, make_settings, images):
+    app = create_app(make_settings(tmp_path / "empty-volume"), ui=False)
+    with TestClient(app) as client:
+        body = {"person": {"base64": b64(images["person"])}, "garment": {"base64": b64(images["garment"])},
+                "mask": {"base64": b64(images["mask"])}, **FAST}
+        assert_error(client.post("/v1/tryon", json=body), 503, "model_unavailable", "model file(s) missing")
+        assert client.get("/v1/status").json()["engine"]["state"] == "failed"
+        assert_error(client.get("/ping"), 503, "model_unavailable")
+
+
+def test_full_queue_answers_429(volume, make_settings, images):
+    settings = make_settings(volume, queue_max=1)
+    app = create_app(settings, ui=False)
+    service = app.state.service
+    with TestClient(app) as client:
+        service._gpu.acquire()  # a try-on is running
+        try:
+            waiting = threading.Thread(target=lambda: client.post("/v1/tryon", json={
+                "person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "inputs/mask.png", **FAST}))
+            waiting.start()
+            deadline = time.monotonic() + 10
+            while service.queue_state()["waiting"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            response = client.post("/v1/tryon", json={"person": "inputs/person.png", "garment": "inputs/garment.png",
+                                                      "mask": "inputs/mask.png", **FAST})
+            assert_error(response, 429, "busy", "try again")
+        finally:
+            service._gpu.release()
+        waiting.join(timeout=60)
+    assert len([p for p in outputs(volume) if p.endswith(".png")]) == 1
+
+
+def test_ping_is_204_while_a_preload_is_pending_then_200(volume, make_settings):
+    settings = make_settings(volume, preload=True)
+    engine = Engine(settings)
+    app = create_app(settings, engine, ui=False)
+    with TestClient(app) as client:
+        assert client.get("/ping").status_code == 204  # not loaded yet, and a preload is due
+        engine.start()
+        deadline = time.monotonic() + 60
+        while engine.status().state != "ready" and time.monotonic() < deadline:
+            assert client.get("/ping").status_code in (200, 204)
+            time.sleep(0.02)
+        response = client.get("/ping")
+        assert response.status_code == 200 and response.json() == {"status": "ready"}
+
+
+def test_ping_is_200_without_preload_before_any_load(volume, make_settings):
+    with TestClient(create_app(make_settings(volume), ui=False)) as client:
+        assert client.get("/ping").status_code == 200
+        assert client.get("/v1/status").json()["engine"]["state"] == "unloaded"
+
+
+def test_inputs_are_kept_only_when_asked(volume, make_settings):
+    with TestClient(create_app(make_settings(volume, save_inputs=True), ui=False)) as client:
+        body = client.post("/v1/tryon", json={"person": "inputs/person.png", "garment": "inputs/garment.png",
+                                              "mask": "inputs/mask.png", **FAST}).json()
+    image_path = volume / body["output"]
+    for role in ("person", "garment", "mask"):
+        assert image_path.with_name(f"{image_path.stem}.{role}.png").is_file()
+
+
+def test_serving_imports_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from app.config import Settings; from app.server import create_app; "
+            "from fastapi.testclient import TestClient; "
+            "c = TestClient(create_app(Settings.from_env({}, volume=sys.argv[1]))); "
+            "print(c.get('/ping').status_code, c.get('/').status_code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                         check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.split() == ["200", "200", "False"]
