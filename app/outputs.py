@@ -74,8 +74,9 @@ class ResultStore:
     def list(self, session: str | None = None, offset: int = 0, limit: int = 24,
              only_session: bool = False) -> tuple[list[SavedResult], int]:
         """Complete results, newest first; with ``only_session`` just those made in ``session``."""
-        sidecars = sorted(self.outputs_dir.glob("????-??-??/*.json"), key=lambda p: (p.parent.name, p.name),
-                          reverse=True)
+        # Newest first: by day folder, then by the sidecar's write time (ids share a second).
+        sidecars = sorted(self.outputs_dir.glob("????-??-??/*.json"),
+                          key=lambda p: (p.parent.name, _mtime_ns(p), p.name), reverse=True)
         found = []
         for sidecar in sidecars:
             if sidecar.name.startswith("."):
@@ -117,3 +118,10 @@ def write_atomically(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0

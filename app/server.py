@@ -90,8 +90,8 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
 
         blocks = build_ui(service, settings, per_session_gallery=per_session_gallery)
         blocks.queue(max_size=settings.queue_max, default_concurrency_limit=1)
-        app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, max_file_size=int(settings.max_upload_mb * 1_000_000),
-                                  show_error=True, footer_links=["api"])
+        app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, show_error=True, footer_links=["api"],
+                                  max_file_size=int(settings.max_upload_mb * 1_000_000))
         app.state.settings, app.state.engine, app.state.service = settings, engine, service
     return app
 

@@ -111,7 +111,8 @@ def test_browser_upload_paint_run_and_see_the_gallery(server, tmp_path):
         page.mouse.up()
         page.locator("#run").click()
         page.wait_for_selector("#result img", timeout=120_000)
-        page.wait_for_function(f"() => document.querySelector('#page-label')?.innerText.includes('{before + 1} result')",
+        expected = f"{before + 1} result"
+        page.wait_for_function(f"() => document.querySelector('#page-label')?.innerText.includes('{expected}')",
                                timeout=30_000)
         summary = page.locator("#summary").inner_text()
         assert "Seed" in summary and "saved as" in summary
