@@ -87,6 +87,23 @@ def test_gradio_client_readme_script_runs_verbatim(server):
     assert (server["volume"] / saved).is_file() and Path(saved).name not in before
 
 
+def test_api_errors_reach_the_client_and_result_files_are_not_served(server):
+    from gradio_client import Client, handle_file
+
+    client = Client(server["url"] + "/", verbose=False)
+    examples = ROOT / "assets" / "examples"
+    with pytest.raises(Exception, match="no mask"):
+        client.predict(handle_file(str(examples / "person-1.png")), handle_file(str(examples / "garment-1.png")),
+                       None, "upper", 2, 2.5, 1, 64, 96, 9, api_name="/tryon")
+    made = client.predict(handle_file(str(examples / "person-1.png")), handle_file(str(examples / "garment-1.png")),
+                          handle_file(str(examples / "mask-1.png")), "upper", 1, 1.0, 1, 64, 96, 0, api_name="/tryon")
+    saved = [server["volume"] / made[1]["image"]]
+    assert saved[0].is_file()
+    for route in ("/gradio_api/file=", "/file="):
+        response = httpx.get(f"{server['url']}{route}{saved[0]}", timeout=10)
+        assert response.status_code in (403, 404), (route, response.status_code)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
 def test_browser_upload_paint_run_and_see_the_gallery(server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")

@@ -215,3 +215,11 @@ def test_serving_imports_no_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
                          check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.stdout.split() == ["200", "200", "False"]
+
+
+def test_oversized_upload_is_413(volume, make_settings):
+    big = base64.b64encode(os.urandom(1_600_000)).decode()
+    with TestClient(create_app(make_settings(volume, max_upload_mb=1), ui=False)) as client:
+        response = client.post("/v1/tryon", json={"person": {"base64": big}, "garment": "inputs/garment.png",
+                                                  "mask": "inputs/mask.png"})
+    assert_error(response, 413, "too_large", "over 1 MB")
