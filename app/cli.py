@@ -73,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(serve)
     serve.set_defaults(run=run_serve)
 
+    fetch = commands.add_parser("download", help="fetch only the model files the pipeline needs (about 2.2 GB)")
+    fetch.add_argument("--to", dest="volume", help="volume root to fill (default TRYON_VOLUME); files go to "
+                                                    "<volume>/models/<org>/<repo>/")
+    fetch.add_argument("--adapter", dest="adapter_version", help="mix, vitonhd or dresscode")
+    fetch.add_argument("--with-parser", action="store_true", help="also the human parser for auto masks")
+    fetch.set_defaults(run=run_download)
+
+    doctor = commands.add_parser("doctor", help="check the volume, weights, runtime, GPU and ports")
+    doctor.add_argument("--volume", help="volume root (TRYON_VOLUME)")
+    doctor.set_defaults(run=run_doctor)
+
     tiny = commands.add_parser("tiny-models", help="write a tiny random-weight model set in the volume layout")
     tiny.add_argument("dir", type=Path, help="volume root to write into (models go to DIR/models/...)")
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
@@ -139,6 +150,15 @@ def _tiny_fallback(args: argparse.Namespace, settings: Settings) -> Settings:
     from app.weights import missing_files, missing_weights_message
 
     missing = [] if settings.tiny_models else missing_files(settings)
+    if missing and settings.downloads_allowed:
+        from app.weights import DownloadError, download
+
+        print(f"model files missing: fetching them into {settings.models_dir} (about 2.2 GB) ...", file=sys.stderr)
+        try:
+            download(settings)
+            missing = []
+        except DownloadError as exc:
+            print(f"download failed: {exc}\n", file=sys.stderr)
     if missing:
         print(missing_weights_message(settings, missing), file=sys.stderr)
         print("\nUsing the offline demo on tiny random-weight models instead: it shows the whole path "
@@ -168,6 +188,27 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     port = args.port or port_from_env("PORT", 7860)
     serve(settings, settings.host, port, share=args.share, auth=auth, health_port=port_from_env("PORT_HEALTH", None))
     return 0
+
+
+def run_download(args: argparse.Namespace, settings: Settings) -> int:
+    from app.weights import DownloadError, download
+
+    print(f"downloading into {settings.layout.models} ...", file=sys.stderr)
+    try:
+        manifest = download(settings, settings.layout.models, with_parser=args.with_parser)
+    except DownloadError as exc:
+        raise CliError(str(exc), EXIT_MISSING) from exc
+    for entry in manifest["files"]:
+        print(f"{entry['size'] or 0:>14,}  {entry['repo']}/{entry['path']}")
+    print(f"{manifest['total_bytes']:>14,}  bytes in {len(manifest['files'])} files "
+          f"({manifest['fetched_bytes']:,} fetched now); manifest: {settings.layout.models / 'manifest.json'}")
+    return 0
+
+
+def run_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from app.doctor import run_checks
+
+    return run_checks(settings)
 
 
 def run_tiny_models(args: argparse.Namespace, settings: Settings) -> int:

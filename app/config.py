@@ -50,6 +50,10 @@ class Settings:
         "stable-diffusion-v1-5/stable-diffusion-inpainting", "Hub repo of the SD-1.5 inpainting UNet and scheduler.")
     vae_repo: str = _setting("stabilityai/sd-vae-ft-mse", "Hub repo of the VAE.")
     adapter_repo: str = _setting("zhengchong/CatVTON", "Hub repo of the CatVTON attention weights.")
+    parser_repo: str = _setting("mattmdjaga/segformer_b2_clothes",
+                                "Hub repo of the human-parsing SegFormer for auto masks (optional download).")
+    auto_download: str = _setting("auto", "Fetch missing weights on first load: 1, 0, or auto (on only for the "
+                                  "local ./volume).", choices=("auto", "1", "0"))
     adapter_version: str = _setting(
         "mix", "CatVTON checkpoint: mix (mix-48k-1024), vitonhd or dresscode (16k-512).",
         choices=tuple(ADAPTER_FOLDERS))
@@ -103,6 +107,12 @@ class Settings:
     @property
     def models_dir(self) -> Path:
         return self.layout.tiny_models if self.tiny_models else self.layout.models
+
+    @property
+    def downloads_allowed(self) -> bool:
+        if self.auto_download == "auto":
+            return (self.volume or resolve_volume(None)) == LOCAL_VOLUME.resolve() and not self.tiny_models
+        return self.auto_download == "1" and not self.tiny_models
 
     @property
     def adapter_folder(self) -> str:

@@ -156,12 +156,17 @@ class Engine:
         return pipe
 
     def _build(self):
-        from app.weights import check_weights
+        from app.weights import check_weights, missing_files
 
         if self.settings.tiny_models:
             from app.tiny_models import ensure_tiny_models
 
             ensure_tiny_models(self.settings)
+        elif self.settings.downloads_allowed and missing_files(self.settings):
+            from app.weights import download
+
+            log.info("model files missing: downloading them into %s (TRYON_AUTO_DOWNLOAD)", self.settings.models_dir)
+            download(self.settings, show_progress=False)
         paths = check_weights(self.settings)
         import torch
 

@@ -230,7 +230,9 @@ def serve(settings: Settings, host: str, port: int, share: bool = False, auth: t
         log.info("/ping also on port %d", health_port)
     if share:
         threading.Thread(target=_open_share_link, args=(server, port), name="share-link", daemon=True).start()
-    log.info("serving on http://%s:%d (volume %s)", host, port, settings.layout.root)
+    shown = "localhost" if host in ("0.0.0.0", "::", "") else host
+    print(f"Try-on studio: http://{shown}:{port}/  (REST: /v1/tryon, health: /ping, volume: {settings.layout.root})",
+          flush=True)
     server.run()
 
 

@@ -1,0 +1,214 @@
+"""python -m app doctor: a checklist of the volume, weights, runtime, app code, GPU and ports.
+
+Each line says ok, warn or FAIL and, when not ok, what to do. Exit status 1 on any FAIL. Imports no
+torch: the weights are checked by size and by reading the safetensors headers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from app.config import Settings
+from app.weights import MANIFEST, ModelFile, required_files
+
+MIN_FREE_GB = 5.0
+ADAPTER_KEY = re.compile(r"^(\d+)\.(to_q\.weight|to_k\.weight|to_v\.weight|to_out\.0\.weight|to_out\.0\.bias)$")
+
+
+class Report:
+    def __init__(self, out=sys.stdout):
+        self.out = out
+        self.failures = 0
+
+    def ok(self, what: str) -> None:
+        print(f"  ok    {what}", file=self.out)
+
+    def warn(self, what: str, fix: str) -> None:
+        print(f"  warn  {what} -> {fix}", file=self.out)
+
+    def fail(self, what: str, fix: str) -> None:
+        self.failures += 1
+        print(f"  FAIL  {what} -> {fix}", file=self.out)
+
+
+def run_checks(settings: Settings, out=sys.stdout) -> int:
+    report = Report(out)
+    root = settings.layout.root
+    print(f"catvton-volume doctor: volume {root}", file=out)
+    if check_volume(report, root):
+        check_weights(report, settings)
+        check_runtime(report, root)
+        check_app_source(report, root)
+    check_gpu(report)
+    check_port(report, settings)
+    verdict = "all checks passed" if not report.failures else f"{report.failures} check(s) failed"
+    print(verdict, file=out)
+    return 1 if report.failures else 0
+
+
+def check_volume(report: Report, root: Path) -> bool:
+    if not root.is_dir():
+        report.fail(f"volume {root} does not exist", "attach the network volume (RunPod: /runpod-volume on "
+                    "serverless, /workspace on pods) or set TRYON_VOLUME")
+        return False
+    mount = "a mount point" if os.path.ismount(root) else "a folder (not a mount point)"
+    report.ok(f"volume {root} exists, {mount}")
+    probe = root / f".doctor-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        report.ok("volume is writable")
+    except OSError as exc:
+        report.fail(f"volume is not writable ({exc.strerror})", "mount it read-write or fix its permissions")
+    for folder in ("models", "outputs"):
+        path = root / folder
+        if path.exists() and not os.access(path, os.W_OK):
+            report.fail(f"{path} is not writable", f"fix the permissions of {path}")
+    free_gb = shutil.disk_usage(root).free / 1e9
+    if free_gb < MIN_FREE_GB:
+        report.warn(f"{free_gb:.1f} GB free on the volume", f"keep at least {MIN_FREE_GB:g} GB free for the runtime "
+                    "archive and results")
+    else:
+        report.ok(f"{free_gb:.1f} GB free on the volume")
+    return True
+
+
+def check_weights(report: Report, settings: Settings) -> None:
+    models = settings.models_dir
+    sizes = _manifest_sizes(models)
+    for item in required_files(settings):
+        path = _weight_path(models, item)
+        label = f"{item.repo}/{item.path}"
+        if path is None:
+            report.fail(f"missing {label}", "run: python -m app download (or just setup-volume-download)")
+            continue
+        size = path.stat().st_size
+        expected = sizes.get(label)
+        if expected is not None and size != expected:
+            report.fail(f"{label} is {size:,} bytes, the manifest says {expected:,} (truncated or damaged)",
+                        "delete it and run python -m app download")
+            continue
+        if path.suffix == ".safetensors":
+            problem = _safetensors_problem(path)
+            if problem:
+                report.fail(f"{label}: {problem}", "delete it and run python -m app download")
+                continue
+        if path.suffix == ".json":
+            try:
+                json.loads(path.read_text())
+            except ValueError:
+                report.fail(f"{label} is not valid JSON", "delete it and run python -m app download")
+                continue
+        report.ok(f"{label} ({size:,} bytes)")
+    adapter = models / settings.adapter_repo / settings.adapter_folder / "attention" / "model.safetensors"
+    if adapter.is_file() and not _safetensors_problem(adapter):
+        keys = _safetensors_header(adapter).keys() - {"__metadata__"}
+        bad = [k for k in keys if not ADAPTER_KEY.match(k)]
+        indices = sorted({int(ADAPTER_KEY.match(k)[1]) for k in keys if ADAPTER_KEY.match(k)})
+        if bad or not indices or indices != list(range(0, 8 * len(indices), 8)) or len(keys) != 5 * len(indices):
+            report.fail(f"adapter keys do not follow CatVTON's layout ({len(keys)} keys, e.g. {sorted(keys)[:2]})",
+                        "use zhengchong/CatVTON's attention/model.safetensors")
+        else:
+            report.ok(f"adapter keys valid ({len(keys)} tensors for {len(indices)} attention layers)")
+
+
+def check_runtime(report: Report, root: Path) -> None:
+    manifests = sorted((root / "envs").glob("*.manifest")) if (root / "envs").is_dir() else []
+    if not manifests:
+        report.warn("no runtime archive on the volume yet", "the first worker start builds it (launcher)")
+    for manifest in manifests:
+        archive = manifest.with_suffix(".tar.zst")
+        fields = dict(line.split("=", 1) for line in manifest.read_text().splitlines() if "=" in line)
+        if not archive.is_file() or str(archive.stat().st_size) != fields.get("size"):
+            report.fail(f"runtime archive {archive.name} is missing or its size differs from its manifest",
+                        f"delete {archive.name} and {manifest.name}; the next start rebuilds it")
+        else:
+            report.ok(f"runtime archive {archive.name} ({int(fields['size']) / 2**20:.0f} MiB, built "
+                      f"{fields.get('created', '?')} on {fields.get('host', '?')})")
+    locks = sorted((root / "envs").glob(".lock-*")) if (root / "envs").is_dir() else []
+    for lock in locks:
+        report.warn(f"build lock {lock.name} present", "a worker is building now; if none is, it is taken over "
+                    "after TRYON_LOCK_STALE_S")
+
+
+def check_app_source(report: Report, root: Path) -> None:
+    if (root / "app" / "__main__.py").is_file():
+        report.ok(f"app code from the volume ({root / 'app'}): updates need no new image")
+    else:
+        report.ok("app code from the image (no app/ on the volume)")
+
+
+def check_gpu(report: Report) -> None:
+    if not shutil.which("nvidia-smi"):
+        report.warn("no NVIDIA driver visible (nvidia-smi missing)", "on a GPU worker, check the container's GPU "
+                    "access; on a CPU machine try-ons take minutes")
+        return
+    done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.free,memory.total",
+                           "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    if done.returncode:
+        report.fail(f"nvidia-smi failed: {done.stderr.strip() or done.stdout.strip()}",
+                    "check the host driver and the container's GPU access")
+        return
+    for line in done.stdout.strip().splitlines():
+        report.ok(f"GPU {line.strip()}")
+
+
+def check_port(report: Report, settings: Settings) -> None:
+    port = int(os.environ.get("PORT") or 7860)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.host, port))
+            report.ok(f"port {port} is free on {settings.host}")
+        except OSError:
+            report.warn(f"port {port} is in use on {settings.host}", "the server may already be running; set PORT "
+                        "to use another")
+
+
+def _weight_path(models: Path, item: ModelFile) -> Path | None:
+    path = item.local(models)
+    if path.is_file():
+        return path
+    if item.path.endswith("diffusion_pytorch_model.fp16.safetensors"):
+        full = path.with_name("diffusion_pytorch_model.safetensors")
+        return full if full.is_file() else None
+    return None
+
+
+def _manifest_sizes(models: Path) -> dict[str, int]:
+    try:
+        manifest = json.loads((models / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {f"{e['repo']}/{e['path']}": e["size"] for e in manifest.get("files", []) if e.get("size") is not None}
+
+
+def _safetensors_header(path: Path) -> dict:
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        return json.loads(handle.read(length))
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file is unusable (bad header, data shorter than the header says), or None."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+        if length > size - 8:
+            return "header longer than the file (truncated)"
+        header = _safetensors_header(path)
+    except (OSError, struct.error, ValueError, UnicodeDecodeError):
+        return "not a readable safetensors file"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if size < 8 + length + end:
+        return f"truncated: {size:,} bytes, the header needs {8 + length + end:,}"
+    return None
