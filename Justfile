@@ -32,6 +32,59 @@ lock:
     rm launcher/requirements.in.tmp
     @echo "launcher/requirements.txt: $(grep -c '==' launcher/requirements.txt) pinned packages"
 
+# Fetch only the model files the pipeline needs into the volume (TRYON_VOLUME, default ./volume)
+setup-volume-download *ARGS:
+    ./dev app download {{ARGS}}
+
+# Sync models/, app/ and assets/ to the RunPod network volume through its S3-compatible API
+setup-volume-upload:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    : "${RUNPOD_VOLUME_ID:?set RUNPOD_VOLUME_ID to the network volume id (RunPod console, Storage)}"
+    : "${RUNPOD_DATACENTER:?set RUNPOD_DATACENTER to the volume's datacenter, e.g. EU-RO-1}"
+    : "${AWS_ACCESS_KEY_ID:?set AWS_ACCESS_KEY_ID to a RunPod S3 API key (RunPod console, Settings)}"
+    : "${AWS_SECRET_ACCESS_KEY:?set AWS_SECRET_ACCESS_KEY to that key's secret}"
+    command -v aws >/dev/null || { echo "the AWS CLI is not installed: pip install awscli (or ./dev installs it)" >&2; exit 1; }
+    volume=${TRYON_VOLUME:-./volume}
+    [ -d "$volume/models" ] || { echo "$volume/models does not exist: run just setup-volume-download first" >&2; exit 1; }
+    datacenter=$(printf '%s' "$RUNPOD_DATACENTER" | tr '[:upper:]' '[:lower:]')
+    endpoint=${RUNPOD_S3_ENDPOINT:-https://s3api-$datacenter.runpod.io}
+    # RunPod's S3 API takes at most 500 MB in one PUT: upload big files in 100 MB parts.
+    config=$(mktemp)
+    trap 'rm -f "$config"' EXIT
+    printf '[default]\ns3 =\n  multipart_threshold = 100MB\n  multipart_chunksize = 100MB\n  max_concurrent_requests = 4\n' > "$config"
+    for pair in "$volume/models:models" "app:app" "assets:assets"; do
+      src=${pair%%:*} dest=${pair##*:}
+      echo "sync $src -> s3://$RUNPOD_VOLUME_ID/$dest"
+      AWS_CONFIG_FILE=$config aws s3 sync "$src" "s3://$RUNPOD_VOLUME_ID/$dest" \
+        --endpoint-url "$endpoint" --region "$RUNPOD_DATACENTER" --no-progress \
+        --exclude "*__pycache__/*" --exclude "*.pyc" --exclude ".staging/*" --exclude ".cache/*"
+    done
+
+# Build the launcher image (needs a Docker engine)
+build-volume:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    : "${IMAGE:?set IMAGE to the image name, e.g. docker.io/you/catvton-volume:1}"
+    docker build -f Dockerfile.volume -t "$IMAGE" .
+
+# Push the launcher image
+push-volume:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    : "${IMAGE:?set IMAGE to the image name, e.g. docker.io/you/catvton-volume:1}"
+    docker push "$IMAGE"
+
+# Check the volume, weights, runtime, GPU and ports
+doctor:
+    ./dev app doctor
+
+# The benchmarks of bench/ (see bench/RESULTS.md)
+bench:
+    ./dev python bench/tiny_generation.py
+    ./dev python bench/import_time.py
+    ./dev python bench/launcher_bench.py
+
 # What the launcher would do on this machine (volume, key, build/unpack/warm), changing nothing
 plan:
     bash launcher/entrypoint.sh --plan
