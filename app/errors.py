@@ -19,3 +19,7 @@ class DeviceError(RuntimeError):
 
 class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says why and what to do. The next call retries."""
+
+
+class ParserUnavailable(ModelLoadError):
+    """The human parser's weights are not on the volume: auto masks are off, drawing still works."""

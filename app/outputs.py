@@ -57,6 +57,7 @@ class ResultStore:
             "id": result_id,
             "created": now.isoformat(timespec="seconds"),
             "image": self.relative(image_path),
+            "size": [image.width, image.height],
             "session": session,
             "inputs": {role: image_digest(img) for role, img in (inputs or {}).items()},
         }

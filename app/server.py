@@ -59,6 +59,9 @@ class TryOnBody(BaseModel):
     width: int | None = None
     height: int | None = None
     mask_blur: float | None = None
+    mask_grow: int | None = None
+    longer: float | None = None
+    keep_photo: bool | None = None
     return_image: bool = False
 
 
@@ -115,19 +118,21 @@ def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> N
     def tryon(body: TryOnBody) -> dict:
         person = load_image(settings, body.person, "person")
         garment = load_image(settings, body.garment, "garment")
-        if body.mask == "auto":
-            raise ApiError(400, "unsupported", "mask \"auto\" is not available on this server yet: send a mask image "
-                           "(white where the garment goes).")
-        mask = None if body.mask is None else load_image(settings, body.mask, "mask")
+        if body.mask is None or body.mask == "auto":
+            mask = body.mask
+        else:
+            mask = load_image(settings, body.mask, "mask")
         defaults = TryOnOptions.defaults(settings)
         options = TryOnOptions(**{
             name: value if value is not None else getattr(defaults, name)
             for name, value in (("garment_type", body.garment_type), ("steps", body.steps),
                                 ("guidance", body.guidance), ("seed", body.seed), ("width", body.width),
-                                ("height", body.height), ("mask_blur", body.mask_blur))})
+                                ("height", body.height), ("mask_blur", body.mask_blur), ("mask_grow", body.mask_grow),
+                                ("longer", body.longer), ("keep_photo", body.keep_photo))})
         saved = service.run(person, garment, mask, options, session="api")
         answer = {"id": saved.id, "output": saved.metadata["image"], "seed": saved.metadata["seed"],
-                  "timings": saved.metadata["timings"], "width": options.width, "height": options.height,
+                  "timings": saved.metadata["timings"], "width": saved.metadata["size"][0],
+                  "height": saved.metadata["size"][1],
                   "device": saved.metadata["device"]}
         if body.return_image:
             answer["image_base64"] = base64.b64encode(saved.image_path.read_bytes()).decode()

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.engine import Engine
 from app.errors import TryOnInputError
 from app.imaging import blur_mask
+from app.masking import ParserHolder, apply_tools, paste_back
 from app.outputs import ResultStore, SavedResult
 from app.validation import check_generation_args
 
@@ -41,6 +42,9 @@ class TryOnOptions:
     width: int = 768
     height: int = 1024
     mask_blur: float = 9.0
+    mask_grow: int = 0  # pixels; negative shrinks
+    longer: float = 0.0  # extend the mask downward by this fraction of the height (dresses, long coats)
+    keep_photo: bool = True  # paste the result back into the original photo, in its own size
 
     @classmethod
     def defaults(cls, settings: Settings) -> TryOnOptions:
@@ -53,6 +57,10 @@ class TryOnOptions:
                                   f"{', '.join(GARMENT_TYPES)}.")
         if not isinstance(self.mask_blur, (int, float)) or not 0 <= self.mask_blur <= 50:
             raise TryOnInputError(f"mask_blur={self.mask_blur!r} is not usable: use a radius from 0 to 50.")
+        if not isinstance(self.mask_grow, int) or not -100 <= self.mask_grow <= 100:
+            raise TryOnInputError(f"mask_grow={self.mask_grow!r} is not usable: use whole pixels from -100 to 100.")
+        if not isinstance(self.longer, (int, float)) or not 0 <= self.longer <= 1:
+            raise TryOnInputError(f"longer={self.longer!r} is not usable: use a fraction of the height from 0 to 1.")
         check_generation_args(self.steps, self.guidance, None if self.seed == -1 else self.seed, self.width,
                               self.height)
 
@@ -65,14 +73,24 @@ class TryOnService:
         self._gpu = threading.Lock()
         self._waiting = 0
         self._count_lock = threading.Lock()
+        self.parser = ParserHolder(settings.models_dir / settings.parser_repo)
+
+    def auto_mask(self, person: Image.Image, garment_type: str, grow: int = 0, longer: float = 0.0) -> Image.Image:
+        """The parser's mask for ``garment_type`` with the user's adjustments (ParserUnavailable if absent)."""
+        TryOnOptions(garment_type=garment_type, mask_grow=grow, longer=longer, steps=1, width=64, height=64).check()
+        return apply_tools(self.parser.get().auto_mask(person, garment_type), grow=grow, longer=longer)
 
     def queue_state(self) -> dict:
         with self._count_lock:
             return {"waiting": self._waiting, "running": self._gpu.locked(), "max": self.settings.queue_max}
 
-    def run(self, person: Image.Image, garment: Image.Image, mask: Image.Image | None, options: TryOnOptions,
+    def run(self, person: Image.Image, garment: Image.Image, mask: Image.Image | str | None, options: TryOnOptions,
             session: str | None = None, progress: Callable[[int, int], None] | None = None) -> SavedResult:
         options.check()
+        if isinstance(mask, str) and mask == "auto":
+            mask = self.auto_mask(person, options.garment_type, options.mask_grow, options.longer)
+        elif mask is not None:
+            mask = apply_tools(mask, grow=options.mask_grow, longer=options.longer)
         if mask is None:
             raise TryOnInputError("no mask: paint the area to replace on the person photo, or send a mask image "
                                   "(white where the garment goes).")
@@ -103,6 +121,7 @@ class TryOnService:
                               callback=progress)
         finally:
             self._gpu.release()
+        image = paste_back(person, result.image, prepared_mask) if options.keep_photo else result.image
         status = self.engine.status()
         metadata = {
             "settings": {**asdict(options), "seed": result.seed},
@@ -115,7 +134,7 @@ class TryOnService:
             "dtype": result.dtype,
             "load_timings": {k: round(v, 4) for k, v in status.load_timings.items()},
         }
-        saved = self.store.save(result.image, metadata, inputs={"person": person, "garment": garment, "mask": mask},
+        saved = self.store.save(image, metadata, inputs={"person": person, "garment": garment, "mask": mask},
                                 session=session)
         log.info("try-on %s: seed %d, %.1f s", saved.id, result.seed, result.timings["total"])
         return saved

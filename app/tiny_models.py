@@ -97,7 +97,30 @@ def write_tiny_models(models_dir: Path | str, settings: Settings | None = None, 
                      for key, name in adapter_state_keys(unet).items()}
             (adapter_root / folder / "attention").mkdir(parents=True)
             save_file(state, str(adapter_root / folder / "attention" / ADAPTER_FILE), metadata={"format": "pt"})
+    write_tiny_parser(models_dir / settings.parser_repo, seed=seed)
     return paths
+
+
+# A SegFormer with the ATR label set, small enough to run in milliseconds.
+PARSER_CONFIG = {"num_channels": 3, "num_encoder_blocks": 4, "depths": [1, 1, 1, 1], "sr_ratios": [8, 4, 2, 1],
+                 "hidden_sizes": [8, 16, 24, 32], "num_attention_heads": [1, 1, 1, 1], "decoder_hidden_size": 32}
+
+
+def write_tiny_parser(folder: Path, seed: int = 0) -> None:
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    from app.masking import ATR_LABELS
+
+    torch.manual_seed(seed)
+    config = SegformerConfig(**PARSER_CONFIG, id2label=dict(enumerate(ATR_LABELS)),
+                             label2id={name: i for i, name in enumerate(ATR_LABELS)})
+    with _staged(folder) as staged:
+        SegformerForSemanticSegmentation(config).save_pretrained(staged, safe_serialization=True)
+        (staged / "preprocessor_config.json").write_text(json.dumps({
+            "image_processor_type": "SegformerImageProcessor", "do_resize": True, "size": {"height": 64, "width": 64},
+            "do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+            "do_reduce_labels": False}, indent=2))
 
 
 def ensure_tiny_models(settings: Settings) -> ModelPaths:

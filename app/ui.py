@@ -29,6 +29,8 @@ def status_text(service: TryOnService) -> str:
         parts.append(f"· running, {queue['waiting']} waiting")
     if service.settings.tiny_models:
         parts.append("· tiny random-weight models: results are noise")
+    if not service.parser.available:
+        parts.append("· auto masks unavailable (no human parser on the volume): paint the mask")
     text = " ".join(parts)
     if status.state == "failed" and status.error:
         text += f"\n\n`{status.error.splitlines()[0]}`"
@@ -56,6 +58,19 @@ def side_by_side(person: Image.Image, mask: Image.Image, garment: Image.Image, r
     return canvas
 
 
+MASK_COLOR = (255, 43, 214)
+
+
+def mask_layer(person: Image.Image, mask: Image.Image) -> dict:
+    """An editor value: the photo with ``mask`` painted on its layer, ready for the user to adjust."""
+    binary = mask.convert("L").point(lambda v: 255 if v >= 128 else 0)
+    layer = Image.new("RGBA", person.size, MASK_COLOR + (0,))
+    layer.putalpha(binary)
+    composite = person.convert("RGBA")
+    composite.alpha_composite(layer)
+    return {"background": person.convert("RGB"), "layers": [layer], "composite": composite}
+
+
 def run_summary(saved) -> str:
     meta = saved.metadata
     timings = meta["timings"]
@@ -69,8 +84,24 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
     default_size = next((label for label, wh in SIZES.items() if wh == (defaults.width, defaults.height)),
                         size_labels[0])
 
-    def try_on(editor, garment, garment_type, steps, guidance, random_seed, seed, size, mask_blur, display,
-               request: gr.Request, progress=gr.Progress()):
+    def fill_auto_mask(editor, garment_type, grow, longer):
+        try:
+            person, _ = editor_person_and_mask(editor)
+            mask = service.auto_mask(person, garment_type, int(grow), 0.15 if longer else 0.0)
+        except (TryOnInputError, ModelLoadError) as exc:
+            raise gr.Error(str(exc)) from None
+        return mask_layer(person, mask)
+
+    def api_auto_mask(person, garment_type, grow, longer):
+        try:
+            if person is None:
+                raise TryOnInputError("a person image is required.")
+            return service.auto_mask(person.convert("RGB"), garment_type or "upper", int(grow), float(longer))
+        except (TryOnInputError, ModelLoadError) as exc:
+            raise gr.Error(str(exc)) from None
+
+    def try_on(editor, garment, garment_type, steps, guidance, random_seed, seed, size, mask_blur, grow, longer,
+               keep_photo, display, request: gr.Request, progress=gr.Progress()):
         try:
             person, mask = editor_person_and_mask(editor)
             if garment is None:
@@ -78,7 +109,10 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
             width, height = SIZES[size]
             options = TryOnOptions(garment_type=garment_type, steps=int(steps), guidance=float(guidance),
                                    seed=-1 if random_seed else int(seed), width=width, height=height,
-                                   mask_blur=float(mask_blur))
+                                   mask_blur=float(mask_blur), mask_grow=int(grow), longer=0.15 if longer else 0.0,
+                                   keep_photo=bool(keep_photo))
+            if mask is None:  # nothing painted: the parser's mask for this garment type
+                mask = service.auto_mask(person, options.garment_type)
             saved = service.run(person, garment, mask, options, session=request.session_hash,
                                 progress=lambda step, total: progress((step, total), desc="Denoising"))
         except (TryOnInputError, BusyError, ModelLoadError) as exc:
@@ -88,14 +122,16 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
             image = side_by_side(person, mask, garment, image)
         return image, run_summary(saved), saved.metadata["seed"], *gallery_page(0, request)
 
-    def api_try_on(person, garment, mask, garment_type, steps, guidance, seed, width, height, mask_blur,
+    def api_try_on(person, garment, mask, garment_type, steps, guidance, seed, width, height, mask_blur, keep_photo,
                    request: gr.Request, progress=gr.Progress()):
         try:
             if person is None or garment is None:
                 raise TryOnInputError("person and garment images are required.")
             options = TryOnOptions(garment_type=garment_type or "upper", steps=int(steps), guidance=float(guidance),
-                                   seed=int(seed), width=int(width), height=int(height), mask_blur=float(mask_blur))
-            saved = service.run(person, garment, mask, options, session=request.session_hash,
+                                   seed=int(seed), width=int(width), height=int(height), mask_blur=float(mask_blur),
+                                   keep_photo=bool(keep_photo))
+            saved = service.run(person, garment, "auto" if mask is None else mask, options,
+                                session=request.session_hash,
                                 progress=lambda step, total: progress((step, total), desc="Denoising"))
         except (TryOnInputError, BusyError, ModelLoadError) as exc:
             raise gr.Error(str(exc)) from None
@@ -136,6 +172,11 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
                 garment = gr.Image(label="Garment", type="pil", sources=["upload", "clipboard"], elem_id="garment",
                                    height=320)
                 garment_type = gr.Radio(list(GARMENT_TYPES), value="upper", label="Garment type")
+                with gr.Row():
+                    auto = gr.Button("Auto mask", elem_id="auto-mask")
+                    grow = gr.Slider(-30, 30, value=0, step=1, label="Grow / shrink mask (px)")
+                    longer = gr.Checkbox(value=False, label="Longer garment (dress, long coat)")
+                keep_photo = gr.Checkbox(value=True, label="Keep my photo (paste the result into the original)")
                 with gr.Accordion("Advanced settings", open=False):
                     steps = gr.Slider(10, 100, value=min(max(defaults.steps, 10), 100), step=1, label="Steps")
                     guidance = gr.Slider(0, 7.5, value=min(defaults.guidance, 7.5), step=0.1, label="Guidance")
@@ -174,11 +215,19 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
                           gr.Number(value=defaults.guidance, label="guidance"), gr.Number(value=-1, label="seed"),
                           gr.Number(value=defaults.width, label="width"),
                           gr.Number(value=defaults.height, label="height"),
-                          gr.Number(value=defaults.mask_blur, label="mask_blur")]
+                          gr.Number(value=defaults.mask_blur, label="mask_blur"),
+                          gr.Checkbox(value=True, label="keep_photo")]
             api_outputs = [gr.Image(type="pil", format="png"), gr.JSON()]
             api_button = gr.Button()
+            mask_inputs = [gr.Image(type="pil", label="person"), gr.Textbox(value="upper", label="garment_type"),
+                           gr.Number(value=0, label="grow"), gr.Number(value=0.0, label="longer")]
+            mask_output = gr.Image(type="pil", format="png", image_mode="L")
+            mask_button = gr.Button()
 
-        run.click(try_on, [person, garment, garment_type, steps, guidance, random_seed, seed, size, mask_blur, display],
+        auto.click(fill_auto_mask, [person, garment_type, grow, longer], person, api_visibility="private")
+        mask_button.click(api_auto_mask, mask_inputs, mask_output, api_name="auto_mask")
+        run.click(try_on, [person, garment, garment_type, steps, guidance, random_seed, seed, size, mask_blur, grow,
+                           longer, keep_photo, display],
                   [result, summary, seed, gallery, ids, page, page_label], concurrency_id="gpu",
                   concurrency_limit=1, api_visibility="private")
         api_button.click(api_try_on, api_inputs, api_outputs, api_name="tryon", concurrency_id="gpu",

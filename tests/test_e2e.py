@@ -92,11 +92,16 @@ def test_api_errors_reach_the_client_and_result_files_are_not_served(server):
 
     client = Client(server["url"] + "/", verbose=False)
     examples = ROOT / "assets" / "examples"
-    with pytest.raises(Exception, match="no mask"):
+    with pytest.raises(Exception, match="steps=0 is not usable"):
         client.predict(handle_file(str(examples / "person-1.png")), handle_file(str(examples / "garment-1.png")),
-                       None, "upper", 2, 2.5, 1, 64, 96, 9, api_name="/tryon")
+                       handle_file(str(examples / "mask-1.png")), "upper", 0, 2.5, 1, 64, 96, 9, True,
+                       api_name="/tryon")
+    # No mask: the parser's automatic one (the tiny set includes a tiny parser).
     made = client.predict(handle_file(str(examples / "person-1.png")), handle_file(str(examples / "garment-1.png")),
-                          handle_file(str(examples / "mask-1.png")), "upper", 1, 1.0, 1, 64, 96, 0, api_name="/tryon")
+                          None, "overall", 1, 1.0, 1, 64, 96, 0, True, api_name="/tryon")
+    assert made[1]["size"] == [384, 512]  # pasted back into the photo
+    auto = client.predict(handle_file(str(examples / "person-1.png")), "upper", 0, 0.0, api_name="/auto_mask")
+    assert Path(auto).is_file()
     saved = [server["volume"] / made[1]["image"]]
     assert saved[0].is_file()
     for route in ("/gradio_api/file=", "/file="):

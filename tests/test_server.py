@@ -64,7 +64,8 @@ def test_tryon_with_volume_paths_writes_png_and_sidecar(client, volume):
     assert {"preprocess", "denoise", "total", "queue_wait"} <= set(body["timings"])
     image_path = volume / body["output"]
     with Image.open(image_path) as image:
-        assert image.size == (64, 96)
+        assert image.size == (384, 512)  # "keep my photo": the result is pasted back into the original
+    assert (body["width"], body["height"]) == (384, 512)
     sidecar = json.loads(image_path.with_suffix(".json").read_text())
     assert sidecar["seed"] == 5 and sidecar["settings"]["steps"] == 2
     assert sidecar["models"]["adapter_version"] == "mix" and sidecar["device"] == "cpu"
@@ -77,7 +78,7 @@ def test_tryon_with_base64_and_random_seed_returns_the_image(client, images):
     response = client.post("/v1/tryon", json={"person": {"base64": b64(images["person"])},
                                               "garment": {"base64": "data:image/png;base64," + b64(images["garment"])},
                                               "mask": {"base64": b64(images["mask"])}, "seed": -1,
-                                              "return_image": True, **FAST})
+                                              "return_image": True, "keep_photo": False, **FAST})
     assert response.status_code == 200, response.text
     body = response.json()
     assert 0 <= body["seed"] < 2**63
@@ -120,7 +121,8 @@ def test_missing_file_is_a_404(client, volume):
     ({"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "inputs/mask.png",
       "garment_type": "hat"}, 400, "invalid_input", "garment_type='hat'"),
     ({"person": "inputs/person.png", "garment": "inputs/garment.png"}, 400, "invalid_input", "no mask"),
-    ({"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "auto"}, 400, "unsupported", "auto"),
+    ({"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "auto", "mask_grow": 500},
+     400, "invalid_input", "mask_grow=500"),
     ({"person": {"path": "inputs/person.png", "base64": "AAAA"}, "garment": "inputs/garment.png"},
      400, "invalid_request", "exactly one"),
 ])
@@ -223,3 +225,20 @@ def test_oversized_upload_is_413(volume, make_settings):
         response = client.post("/v1/tryon", json={"person": {"base64": big}, "garment": "inputs/garment.png",
                                                   "mask": "inputs/mask.png"})
     assert_error(response, 413, "too_large", "over 1 MB")
+
+
+def test_auto_mask_through_rest(client, volume):
+    response = client.post("/v1/tryon", json={"person": "inputs/person.png", "garment": "inputs/garment.png",
+                                              "mask": "auto", "garment_type": "overall", "mask_grow": 2, **FAST})
+    assert response.status_code == 200, response.text
+    sidecar = json.loads((volume / response.json()["output"]).with_suffix(".json").read_text())
+    assert sidecar["settings"]["garment_type"] == "overall" and sidecar["settings"]["mask_grow"] == 2
+
+
+def test_auto_mask_without_the_parser_is_503_and_says_what_to_do(client, volume):
+    import shutil
+
+    shutil.rmtree(volume / "models" / "mattmdjaga")
+    response = client.post("/v1/tryon", json={"person": "inputs/person.png", "garment": "inputs/garment.png",
+                                              "mask": "auto", **FAST})
+    assert_error(response, 503, "model_unavailable", "auto masks are unavailable", "--with-parser")

@@ -1,0 +1,198 @@
+"""Masks: automatic ones from a human parser (SegFormer, ATR labels), mask tools, and paste-back.
+
+The rules follow the spirit of CatVTON's AutoMasker without DensePose or detectron2: mask the
+garment classes and the body parts the new garment will cover, protect the face, hair, accessories
+and the garments that stay, fill holes, smooth, grow slightly. A drawn mask always wins.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from app.errors import ParserUnavailable, TryOnInputError
+from app.imaging import center_crop_box
+
+log = logging.getLogger(__name__)
+
+# ATR-style labels (as in the SegFormer clothes parsers), by name so a checkpoint's own id2label maps them.
+BACKGROUND, HAT, HAIR, SUNGLASSES, UPPER, SKIRT, PANTS, DRESS, BELT = (
+    "background", "hat", "hair", "sunglasses", "upper-clothes", "skirt", "pants", "dress", "belt")
+LEFT_SHOE, RIGHT_SHOE, FACE, LEFT_LEG, RIGHT_LEG, LEFT_ARM, RIGHT_ARM, BAG, SCARF = (
+    "left-shoe", "right-shoe", "face", "left-leg", "right-leg", "left-arm", "right-arm", "bag", "scarf")
+ATR_LABELS = (BACKGROUND, HAT, HAIR, SUNGLASSES, UPPER, SKIRT, PANTS, DRESS, BELT, LEFT_SHOE, RIGHT_SHOE, FACE,
+              LEFT_LEG, RIGHT_LEG, LEFT_ARM, RIGHT_ARM, BAG, SCARF)
+
+# What each garment type replaces (garments and the skin they will cover) and what it must keep.
+RULES = {
+    "upper": {"mask": {UPPER, DRESS, LEFT_ARM, RIGHT_ARM, SCARF},
+              "protect": {FACE, HAIR, HAT, SUNGLASSES, PANTS, SKIRT, BELT, BAG, LEFT_SHOE, RIGHT_SHOE}},
+    "lower": {"mask": {PANTS, SKIRT, LEFT_LEG, RIGHT_LEG, BELT},
+              "protect": {FACE, HAIR, HAT, SUNGLASSES, UPPER, LEFT_ARM, RIGHT_ARM, BAG, LEFT_SHOE, RIGHT_SHOE}},
+    "overall": {"mask": {UPPER, DRESS, PANTS, SKIRT, BELT, LEFT_ARM, RIGHT_ARM, LEFT_LEG, RIGHT_LEG, SCARF},
+                "protect": {FACE, HAIR, HAT, SUNGLASSES, BAG, LEFT_SHOE, RIGHT_SHOE}},
+}
+
+
+def label_ids(id2label: dict[int, str]) -> dict[str, int]:
+    return {name.strip().lower().replace(" ", "-").replace("_", "-"): int(i) for i, name in id2label.items()}
+
+
+def mask_from_labels(labels: np.ndarray, garment_type: str, names: dict[str, int] | None = None,
+                     grow: int | None = None) -> Image.Image:
+    """The auto-mask rules on a label map (H x W ints): white where the new garment goes."""
+    if garment_type not in RULES:
+        raise TryOnInputError(f"garment_type={garment_type!r} is not known: use one of {', '.join(RULES)}.")
+    names = names or {name: i for i, name in enumerate(ATR_LABELS)}
+    rule = RULES[garment_type]
+    wanted = np.isin(labels, [names[n] for n in rule["mask"] if n in names])
+    protected = np.isin(labels, [names[n] for n in rule["protect"] if n in names])
+    mask = Image.fromarray(np.where(wanted, 255, 0).astype(np.uint8), "L")
+    mask = fill_holes(mask)
+    size = max(labels.shape)
+    mask = smooth(mask, radius=max(1, size // 200))
+    mask = grow_mask(mask, grow if grow is not None else max(1, size // 100))
+    keep = np.asarray(mask) > 127
+    keep &= ~protected  # protection wins over growth: faces and other garments stay as they are
+    return Image.fromarray(np.where(keep, 255, 0).astype(np.uint8), "L")
+
+
+# -- mask tools -------------------------------------------------------------------------------------
+
+def fill_holes(mask: Image.Image) -> Image.Image:
+    """Fill regions of black fully enclosed by white (a flood fill of the background from the border)."""
+    binary = np.asarray(mask.convert("L")) > 127
+    padded = Image.fromarray(np.pad(np.where(binary, 255, 0).astype(np.uint8), 1), "L").copy()  # writable
+    from PIL import ImageDraw
+
+    ImageDraw.floodfill(padded, (0, 0), 128)  # everything reachable from outside becomes 128
+    outside = np.asarray(padded)[1:-1, 1:-1] == 128
+    return Image.fromarray(np.where(outside, 0, 255).astype(np.uint8), "L")
+
+
+def grow_mask(mask: Image.Image, pixels: int) -> Image.Image:
+    """Grow (pixels > 0) or shrink (pixels < 0) the white area by about ``pixels``."""
+    if pixels == 0:
+        return mask.convert("L")
+    step = ImageFilter.MaxFilter(3) if pixels > 0 else ImageFilter.MinFilter(3)
+    result = mask.convert("L")
+    for _ in range(abs(int(pixels))):
+        result = result.filter(step)
+    return result
+
+
+def smooth(mask: Image.Image, radius: float) -> Image.Image:
+    """Round jagged edges: blur, then threshold back to black and white."""
+    blurred = mask.convert("L").filter(ImageFilter.GaussianBlur(radius))
+    return blurred.point(lambda v: 255 if v >= 128 else 0)
+
+
+def extend_down(mask: Image.Image, fraction: float) -> Image.Image:
+    """For dresses and long coats: continue the mask's lower part downward by ``fraction`` of the height."""
+    array = np.asarray(mask.convert("L")) > 127
+    rows = np.flatnonzero(array.any(axis=1))
+    if not len(rows) or fraction <= 0:
+        return mask.convert("L")
+    bottom = rows[-1]
+    band = array[max(rows[0], bottom - max(2, (bottom - rows[0]) // 5)):bottom + 1].any(axis=0)
+    cols = np.flatnonzero(band)
+    extra = int(round(fraction * array.shape[0]))
+    out = array.copy()
+    out[bottom:min(array.shape[0], bottom + extra + 1), cols[0]:cols[-1] + 1] = True
+    return Image.fromarray(np.where(out, 255, 0).astype(np.uint8), "L")
+
+
+def apply_tools(mask: Image.Image, grow: int = 0, blur: float = 0.0, longer: float = 0.0) -> Image.Image:
+    """The user's adjustments in a fixed order: extend, grow or shrink, then soften."""
+    mask = extend_down(mask, longer) if longer else mask.convert("L")
+    mask = grow_mask(mask, grow)
+    return mask.filter(ImageFilter.GaussianBlur(blur)) if blur > 0 else mask
+
+
+# -- keep my photo ----------------------------------------------------------------------------------
+
+def paste_back(person: Image.Image, result: Image.Image, mask: Image.Image, feather: float = 8.0) -> Image.Image:
+    """The result put back into the original photo, inside the feathered mask, in the photo's own size.
+
+    The pipeline works on the centred crop of the photo with the result's aspect; the result is
+    scaled back onto that crop box, and only pixels under the (feathered) mask change.
+    """
+    person = person.convert("RGB")
+    box = center_crop_box(person.size, result.size)
+    width, height = box[2] - box[0], box[3] - box[1]
+    region = result.convert("RGB").resize((width, height), Image.LANCZOS)
+    alpha = mask.convert("L").crop(box)
+    if feather > 0:
+        alpha = alpha.filter(ImageFilter.GaussianBlur(feather))
+    out = person.copy()
+    out.paste(Image.composite(region, person.crop(box), alpha), box[:2])
+    return out
+
+
+# -- the parser -------------------------------------------------------------------------------------
+
+class HumanParser:
+    """A SegFormer human parser from a local folder (config.json, model.safetensors, preprocessor_config.json)."""
+
+    def __init__(self, folder: Path, device: str = "cpu"):
+        import torch
+        from transformers import SegformerForSemanticSegmentation
+
+        self.folder = Path(folder)
+        started = time.perf_counter()
+        self.model = SegformerForSemanticSegmentation.from_pretrained(self.folder).to(device).eval()
+        self.device = device
+        config = json.loads((self.folder / "preprocessor_config.json").read_text())
+        size = config.get("size", {"height": 512, "width": 512})
+        self.input_size = (size["width"], size["height"]) if isinstance(size, dict) else (size, size)
+        self.mean = torch.tensor(config.get("image_mean", [0.485, 0.456, 0.406])).view(1, 3, 1, 1)
+        self.std = torch.tensor(config.get("image_std", [0.229, 0.224, 0.225])).view(1, 3, 1, 1)
+        self.names = label_ids(self.model.config.id2label)
+        self.load_seconds = time.perf_counter() - started
+
+    def labels(self, image: Image.Image) -> np.ndarray:
+        """The label of every pixel of ``image`` (H x W)."""
+        import torch
+        import torch.nn.functional as F
+
+        rgb = image.convert("RGB")
+        array = np.asarray(rgb.resize(self.input_size, Image.BILINEAR), dtype=np.float32) / 255.0
+        pixels = (torch.from_numpy(array).permute(2, 0, 1)[None] - self.mean) / self.std
+        with torch.no_grad():
+            logits = self.model(pixel_values=pixels.to(self.device)).logits
+            logits = F.interpolate(logits, size=(rgb.height, rgb.width), mode="bilinear", align_corners=False)
+        return logits.argmax(dim=1)[0].cpu().numpy()
+
+    def auto_mask(self, image: Image.Image, garment_type: str) -> Image.Image:
+        return mask_from_labels(self.labels(image), garment_type, self.names)
+
+
+class ParserHolder:
+    """Loads the parser once per process, on first use, and remembers why it is unavailable."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._parser: HumanParser | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def available(self) -> bool:
+        return all((self.folder / name).is_file() for name in ("config.json", "model.safetensors",
+                                                               "preprocessor_config.json"))
+
+    def get(self) -> HumanParser:
+        with self._lock:
+            if self._parser is None:
+                if not self.available:
+                    raise ParserUnavailable(
+                        f"auto masks are unavailable: the human parser is not in {self.folder}. Fetch it with "
+                        "python -m app download --with-parser, or paint the mask by hand.")
+                self._parser = HumanParser(self.folder)
+                log.info("human parser loaded in %.1f s", self._parser.load_seconds)
+            return self._parser

@@ -1,0 +1,138 @@
+"""Auto-mask rules on hand-made label maps, the real parser path on a tiny SegFormer, mask tools, paste-back."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from app.errors import ParserUnavailable, TryOnInputError
+from app.masking import (
+    ATR_LABELS,
+    HumanParser,
+    ParserHolder,
+    apply_tools,
+    extend_down,
+    fill_holes,
+    grow_mask,
+    mask_from_labels,
+    paste_back,
+)
+
+L = {name: i for i, name in enumerate(ATR_LABELS)}
+
+
+def figure() -> np.ndarray:
+    """A 200x100 label map of a standing person: hair, face, shirt with arms, pants, shoes, a bag."""
+    labels = np.zeros((200, 100), dtype=np.int64)
+    labels[5:20, 35:65] = L["hair"]
+    labels[20:40, 38:62] = L["face"]
+    labels[45:110, 30:70] = L["upper-clothes"]
+    labels[70:80, 45:55] = L["background"]  # a hole in the shirt (a print the parser missed)
+    labels[45:105, 18:30] = L["left-arm"]
+    labels[45:105, 70:82] = L["right-arm"]
+    labels[110:180, 32:68] = L["pants"]
+    labels[180:195, 30:48] = L["left-shoe"]
+    labels[180:195, 52:70] = L["right-shoe"]
+    labels[90:120, 84:96] = L["bag"]
+    return labels
+
+
+def white(mask: Image.Image) -> np.ndarray:
+    return np.asarray(mask) > 127
+
+
+def test_upper_covers_shirt_and_arms_fills_holes_and_protects_the_rest():
+    labels = figure()
+    mask = white(mask_from_labels(labels, "upper", grow=2))
+    assert mask[75, 50], "the hole in the shirt is filled"
+    assert mask[60, 50] and mask[60, 22] and mask[60, 76], "shirt and both arms are masked"
+    for name in ("face", "hair", "pants", "left-shoe", "bag"):
+        assert not mask[labels == L[name]].any(), f"{name} must stay untouched"
+
+
+def test_lower_covers_pants_and_keeps_the_shirt():
+    labels = figure()
+    mask = white(mask_from_labels(labels, "lower", grow=2))
+    assert mask[150, 50]
+    assert not mask[labels == L["upper-clothes"]].any() and not mask[labels == L["right-shoe"]].any()
+
+
+def test_overall_covers_both_garments_but_not_face_or_shoes():
+    labels = figure()
+    mask = white(mask_from_labels(labels, "overall", grow=2))
+    assert mask[60, 50] and mask[150, 50]
+    assert not mask[labels == L["face"]].any() and not mask[labels == L["left-shoe"]].any()
+
+
+def test_growth_reaches_background_but_never_protected_pixels():
+    labels = figure()
+    tight, grown = white(mask_from_labels(labels, "upper", grow=0)), white(mask_from_labels(labels, "upper", grow=4))
+    assert grown.sum() > tight.sum()
+    assert grown[108, 24] and not tight[108, 24]  # grew into the background below the left sleeve
+    assert not grown[labels == L["face"]].any()
+
+
+def test_unknown_garment_type_is_refused():
+    with pytest.raises(TryOnInputError, match="garment_type='hat'"):
+        mask_from_labels(figure(), "hat")
+
+
+def test_fill_holes_fills_enclosed_regions_only():
+    mask = Image.new("L", (50, 50), 0)
+    draw = ImageDraw.Draw(mask)
+    draw.rectangle((10, 10, 40, 40), fill=255)
+    draw.rectangle((20, 20, 30, 30), fill=0)  # enclosed
+    draw.rectangle((0, 0, 5, 5), fill=0)
+    filled = white(fill_holes(mask))
+    assert filled[25, 25] and filled[10:41, 10:41].all() and not filled[0, 0] and not filled[45, 45]
+
+
+def test_grow_and_shrink_by_n_pixels():
+    mask = Image.new("L", (60, 60), 0)
+    ImageDraw.Draw(mask).rectangle((20, 20, 39, 39), fill=255)  # 20x20
+    assert white(grow_mask(mask, 3)).sum() == 26 * 26
+    assert white(grow_mask(mask, -3)).sum() == 14 * 14
+    assert white(grow_mask(mask, 0)).sum() == 400
+
+
+def test_longer_garment_extends_the_mask_downward_within_its_width():
+    mask = Image.new("L", (100, 200), 0)
+    ImageDraw.Draw(mask).rectangle((30, 40, 69, 99), fill=255)
+    longer = white(extend_down(mask, 0.25))
+    assert longer[99 + 50, 50] and not longer[99 + 52, 50]
+    assert not longer[120, 20] and not longer[120, 80]
+    blurred = apply_tools(mask, grow=2, blur=3, longer=0.1)
+    assert 0 < np.asarray(blurred)[38, 50] < 255  # soft edge after the blur
+
+
+def test_paste_back_keeps_size_and_pixels_outside_the_feathered_mask():
+    rng = np.random.default_rng(0)
+    person = Image.fromarray(rng.integers(0, 255, (500, 300, 3), dtype=np.uint8))  # not 3:4
+    mask = Image.new("L", person.size, 0)
+    ImageDraw.Draw(mask).rectangle((100, 150, 200, 300), fill=255)
+    result = Image.new("RGB", (96, 128), (0, 255, 0))
+    out = paste_back(person, result, mask, feather=4)
+    assert out.size == person.size
+    before, after = np.asarray(person).astype(int), np.asarray(out).astype(int)
+    changed = np.abs(before - after).sum(axis=2) > 0
+    ys, xs = np.nonzero(changed)
+    feather_margin = 4 * 3
+    assert ys.min() >= 150 - feather_margin and ys.max() <= 300 + feather_margin
+    assert xs.min() >= 100 - feather_margin and xs.max() <= 200 + feather_margin
+    assert tuple(after[225, 150]) == (0, 255, 0)  # the middle of the mask is the result
+
+
+def test_real_parser_path_on_the_tiny_segformer(tiny_volume, images):
+    folder = tiny_volume / "models" / "mattmdjaga" / "segformer_b2_clothes"
+    parser = HumanParser(folder)
+    labels = parser.labels(images["person"])
+    assert labels.shape == (512, 384) and labels.min() >= 0 and labels.max() < len(ATR_LABELS)
+    assert parser.names["upper-clothes"] == 4
+    mask = parser.auto_mask(images["person"], "overall")
+    assert mask.size == images["person"].size and mask.mode == "L"
+
+
+def test_parser_holder_explains_a_missing_parser(tmp_path):
+    holder = ParserHolder(tmp_path / "nothing-here")
+    assert not holder.available
+    with pytest.raises(ParserUnavailable, match="--with-parser, or paint the mask by hand"):
+        holder.get()
