@@ -191,7 +191,7 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
                 result = gr.Image(label="Result", type="pil", interactive=False, format="png", elem_id="result")
                 summary = gr.Markdown(elem_id="summary")
         with gr.Accordion("Gallery", open=True):
-            gallery = gr.Gallery(label="Earlier results, newest first", columns=6, height="auto",
+            gallery = gr.Gallery(label="Earlier results, newest first", columns=6, height=300, object_fit="contain",
                                  allow_preview=False, elem_id="gallery")
             with gr.Row():
                 previous = gr.Button("Newer", size="sm")

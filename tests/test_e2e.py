@@ -29,9 +29,10 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     volume = tmp_path_factory.mktemp("served-volume")
-    port = free_port()
+    port, health_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRYON_")}
-    env.update(PYTHONPATH=str(ROOT), TRYON_DEVICE="cpu", TRYON_STEPS="10", TRYON_WIDTH="384", TRYON_HEIGHT="512",
+    env.update(PYTHONPATH=str(ROOT), PORT_HEALTH=str(health_port), TRYON_DEVICE="cpu", TRYON_STEPS="10",
+               TRYON_WIDTH="384", TRYON_HEIGHT="512",
                TRYON_LOG_LEVEL="warning")
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--tiny", "--volume", str(volume), "--host",
@@ -49,9 +50,22 @@ def server(tmp_path_factory):
             pass
         time.sleep(0.05)
     print(f"\nserve -> first 200 from /ping: {time.monotonic() - started:.2f} s")
-    yield {"url": url, "volume": volume}
+    yield {"url": url, "volume": volume, "health_url": f"http://127.0.0.1:{health_port}"}
     proc.terminate()
     proc.wait(timeout=20)
+
+
+def test_ping_also_answers_on_port_health(server):
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            response = httpx.get(f"{server['health_url']}/ping", timeout=2)
+            break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "nothing listens on PORT_HEALTH"
+            time.sleep(0.1)
+    assert response.status_code == 200
+    assert httpx.get(f"{server['health_url']}/v1/status", timeout=2).status_code == 404  # /ping only
 
 
 def results(volume: Path) -> list[Path]:

@@ -136,3 +136,14 @@ def test_parser_holder_explains_a_missing_parser(tmp_path):
     assert not holder.available
     with pytest.raises(ParserUnavailable, match="--with-parser, or paint the mask by hand"):
         holder.get()
+
+
+def test_auto_mask_fills_the_editor_layer_and_reads_back_as_the_painted_mask(images):
+    from app.ui import editor_person_and_mask, mask_layer
+
+    mask = images["mask"]
+    value = mask_layer(images["person"], mask)
+    assert value["background"].size == images["person"].size and len(value["layers"]) == 1
+    person, painted = editor_person_and_mask(value)
+    assert person.size == images["person"].size
+    assert np.array_equal(white(painted), white(mask))
