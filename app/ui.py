@@ -84,10 +84,11 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
     default_size = next((label for label, wh in SIZES.items() if wh == (defaults.width, defaults.height)),
                         size_labels[0])
 
-    def fill_auto_mask(editor, garment_type, grow, longer):
+    def fill_auto_mask(editor, garment_type):
+        # The parser's own mask, to see and edit; grow/shrink and "longer" apply at run time to any mask.
         try:
             person, _ = editor_person_and_mask(editor)
-            mask = service.auto_mask(person, garment_type, int(grow), 0.15 if longer else 0.0)
+            mask = service.auto_mask(person, garment_type)
         except (TryOnInputError, ModelLoadError) as exc:
             raise gr.Error(str(exc)) from None
         return mask_layer(person, mask)
@@ -224,7 +225,7 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
             mask_output = gr.Image(type="pil", format="png", image_mode="L")
             mask_button = gr.Button()
 
-        auto.click(fill_auto_mask, [person, garment_type, grow, longer], person, api_visibility="private")
+        auto.click(fill_auto_mask, [person, garment_type], person, api_visibility="private")
         mask_button.click(api_auto_mask, mask_inputs, mask_output, api_name="auto_mask")
         run.click(try_on, [person, garment, garment_type, steps, guidance, random_seed, seed, size, mask_blur, grow,
                            longer, keep_photo, display],
