@@ -78,6 +78,10 @@ class TryOnService:
     def auto_mask(self, person: Image.Image, garment_type: str, grow: int = 0, longer: float = 0.0) -> Image.Image:
         """The parser's mask for ``garment_type`` with the user's adjustments (ParserUnavailable if absent)."""
         TryOnOptions(garment_type=garment_type, mask_grow=grow, longer=longer, steps=1, width=64, height=64).check()
+        if self.settings.tiny_models and not self.parser.available:
+            from app.tiny_models import ensure_tiny_models
+
+            ensure_tiny_models(self.settings)  # the tiny set includes a tiny parser
         return apply_tools(self.parser.get().auto_mask(person, garment_type), grow=grow, longer=longer)
 
     def queue_state(self) -> dict:

@@ -127,7 +127,7 @@ def ensure_tiny_models(settings: Settings) -> ModelPaths:
     """The tiny set for ``settings`` (``settings.models_dir``), written first if it is not there yet."""
     from app.weights import missing_files
 
-    if missing_files(settings):
+    if missing_files(settings, with_parser=True):
         write_tiny_models(settings.models_dir, settings)
     return model_paths(settings)
 

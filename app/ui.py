@@ -29,7 +29,7 @@ def status_text(service: TryOnService) -> str:
         parts.append(f"· running, {queue['waiting']} waiting")
     if service.settings.tiny_models:
         parts.append("· tiny random-weight models: results are noise")
-    if not service.parser.available:
+    if not service.parser.available and not service.settings.tiny_models:
         parts.append("· auto masks unavailable (no human parser on the volume): paint the mask")
     text = " ".join(parts)
     if status.state == "failed" and status.error:

@@ -69,10 +69,10 @@ def model_paths(settings: Settings, models_dir: Path | None = None) -> ModelPath
     )
 
 
-def missing_files(settings: Settings) -> list[ModelFile]:
+def missing_files(settings: Settings, with_parser: bool = False) -> list[ModelFile]:
     root = settings.models_dir
     missing = []
-    for item in required_files(settings):
+    for item in required_files(settings, with_parser=with_parser):
         if item.path.startswith("unet/diffusion_pytorch_model"):
             # Either precision of the UNet will do; the selection fetches the smaller fp16 file.
             if not any((root / item.repo / "unet" / name).is_file() for name in UNET_WEIGHTS):

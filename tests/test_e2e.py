@@ -137,6 +137,9 @@ def test_browser_upload_paint_run_and_see_the_gallery(server, tmp_path):
         page.locator("#person input[type=file]").first.set_input_files(str(person))
         page.locator("#garment input[type=file]").first.set_input_files(str(garment))
         page.wait_for_timeout(1500)
+        page.locator("#auto-mask").click()  # the parser fills the mask layer; the stroke below adds to it
+        page.wait_for_timeout(3000)
+        assert page.locator(".toast-body.error").count() == 0, page.locator(".toast-body").all_inner_texts()
         page.get_by_role("button", name="Brush", exact=True).click()
         box = page.locator("#person canvas").first.bounding_box()
         x, y = box["x"] + box["width"] / 2 - 50, box["y"] + box["height"] * 0.40
