@@ -61,15 +61,23 @@ class ResultStore:
             "session": session,
             "inputs": {role: image_digest(img) for role, img in (inputs or {}).items()},
         }
-        if self.save_inputs and inputs:
-            record["input_files"] = {}
-            for role, img in inputs.items():
-                path = image_path.with_name(f"{image_path.stem}.{role}.png")
-                write_atomically(path, lambda handle, img=img: img.save(handle, format="PNG"))
-                record["input_files"][role] = self.relative(path)
-        write_atomically(image_path, lambda handle: image.save(handle, format="PNG"))
-        body = json.dumps(record, indent=2, sort_keys=True).encode()
-        write_atomically(image_path.with_suffix(".json"), lambda handle: handle.write(body))
+        written: list[Path] = []
+        try:
+            if self.save_inputs and inputs:
+                record["input_files"] = {}
+                for role, img in inputs.items():
+                    path = image_path.with_name(f"{image_path.stem}.{role}.png")
+                    write_atomically(path, lambda handle, img=img: img.save(handle, format="PNG"))
+                    written.append(path)
+                    record["input_files"][role] = self.relative(path)
+            write_atomically(image_path, lambda handle: image.save(handle, format="PNG"))
+            written.append(image_path)
+            body = json.dumps(record, indent=2, sort_keys=True).encode()
+            write_atomically(image_path.with_suffix(".json"), lambda handle: handle.write(body))
+        except BaseException:
+            for path in written:  # no orphans without a sidecar (disk full, volume gone)
+                path.unlink(missing_ok=True)
+            raise
         return SavedResult(result_id, image_path, record)
 
     def list(self, session: str | None = None, offset: int = 0, limit: int = 24,

@@ -212,7 +212,7 @@ class CatVTONPipeline:
         """
         self.check_inputs(person, garment, mask, steps, guidance, seed, width, height)
         if seed is None:
-            seed = random.randrange(2**63)
+            seed = random.randrange(2**53)  # exact in JavaScript numbers, so a shown seed replays
         timings: dict[str, float] = {}
         started = clock = time.perf_counter()
 

@@ -68,11 +68,11 @@ class TryOnBody(BaseModel):
 def ping_status(settings: Settings, engine: Engine) -> int:
     """200 ready, 204 initialising, 503 failed. Lazy loading (no preload) counts as ready: the first
     request loads the model, and a load balancer must route one to it."""
-    state = engine.status().state
-    if state == FAILED:
+    status = engine.status()
+    if status.state == FAILED:
         return 503
-    if settings.preload and state != READY:
-        return 204
+    if settings.preload and status.state != READY and status.loads == 0:
+        return 204  # the first (pre)load is due or running; after an idle release the next request reloads
     return 200
 
 
@@ -182,7 +182,7 @@ def load_image(settings: Settings, ref, role: str):
     if (ref.path is None) == (ref.base64 is None):
         raise ApiError(400, "invalid_request", f"{role}: give exactly one of a volume-relative path or base64.")
     if ref.base64 is not None:
-        text = ref.base64.split(",", 1)[1] if ref.base64.startswith("data:") else ref.base64
+        text = ref.base64.partition(",")[2] if ref.base64.startswith("data:") else ref.base64
         if len(text) * 3 // 4 > limit:
             raise ApiError(413, "too_large", f"{role} image is over {settings.max_upload_mb:g} MB; send a smaller one.")
         try:

@@ -104,7 +104,8 @@ class TryOnService:
         prepared_mask = blur_mask(mask, options.mask_blur)
         if not prepared_mask.point(lambda v: 255 if v >= 128 else 0).getbbox():
             raise TryOnInputError("the mask is empty: paint over the clothes to replace before running.")
-        seed = random.randrange(2**63) if options.seed == -1 else options.seed
+        # Random seeds stay below 2**53: exact as JavaScript numbers, so a seed shown in the page replays.
+        seed = random.randrange(2**53) if options.seed == -1 else options.seed
 
         with self._count_lock:
             if self._waiting >= self.settings.queue_max:

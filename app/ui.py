@@ -144,7 +144,10 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
         results, total = service.store.list(session=session, offset=page * PAGE_SIZE, limit=PAGE_SIZE,
                                             only_session=per_session_gallery)
         pages = max(1, -(-total // PAGE_SIZE))
-        page = min(page, pages - 1)
+        if page > pages - 1:  # past the end (results were deleted, or "Older" on the last page)
+            page = pages - 1
+            results, total = service.store.list(session=session, offset=page * PAGE_SIZE, limit=PAGE_SIZE,
+                                                only_session=per_session_gallery)
         items = []
         for result in results:
             with Image.open(result.image_path) as image:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +117,21 @@ def download(settings: Settings, models_dir: Path | None = None, with_parser: bo
     file is checked against the size and hash the Hub reports and only then renamed into place.
     Files already present with the right size and hash are kept. Returns the manifest.
     """
+    from huggingface_hub import constants
+
+    offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, False  # an explicit download may use the Hub
+    try:
+        return _download(settings, models_dir, with_parser, endpoint, show_progress)
+    finally:
+        constants.HF_HUB_OFFLINE = offline
+
+
+def _download(settings: Settings, models_dir: Path | None, with_parser: bool, endpoint: str | None,
+              show_progress: bool) -> dict:
+    import socket
+
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.utils import build_hf_headers
 
     models_dir = Path(models_dir or settings.models_dir)
@@ -130,6 +143,9 @@ def download(settings: Settings, models_dir: Path | None = None, with_parser: bo
         final = item.local(models_dir)
         try:
             meta = get_hf_file_metadata(hf_hub_url(item.repo, item.path, endpoint=endpoint), headers=headers)
+        except HfHubHTTPError as exc:
+            raise DownloadError(f"the Hub refused {item.repo}/{item.path} ({exc}); check the repo id setting, and "
+                                "HF_TOKEN for gated or private repos") from exc
         except Exception as exc:
             raise DownloadError(f"cannot reach the Hub for {item.repo}/{item.path} ({type(exc).__name__}: {exc}); "
                                 "check the network, HF_ENDPOINT and HF_TOKEN") from exc
@@ -139,7 +155,8 @@ def download(settings: Settings, models_dir: Path | None = None, with_parser: bo
         if final.is_file() and _matches(final, meta.size, meta.etag):
             log.info("present and verified: %s/%s", item.repo, item.path)
             continue
-        partial = staging / item.repo / f"{item.path}.partial"
+        # Per host: workers sharing the volume never write the same partial file; a rerun here resumes it.
+        partial = staging / item.repo / f"{item.path}.{socket.gethostname()}.partial"
         fetched += _fetch(meta.location, partial, meta.size, headers, f"{item.repo}/{item.path}", show_progress)
         if not _matches(partial, meta.size, meta.etag):
             actual = partial.stat().st_size
@@ -148,7 +165,6 @@ def download(settings: Settings, models_dir: Path | None = None, with_parser: bo
                                 f"Hub's size {meta.size} and hash {meta.etag}; it was deleted. Run again.")
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, final)
-    shutil.rmtree(staging, ignore_errors=True)
     manifest = {"files": entries, "total_bytes": sum(e["size"] or 0 for e in entries), "fetched_bytes": fetched}
     from app.outputs import write_atomically
 

@@ -166,7 +166,7 @@ start_heartbeat() {
 }
 
 release_lock() {
-  [ -n "${HEARTBEAT_PID:-}" ] && kill "$HEARTBEAT_PID" 2>/dev/null
+  if [ -n "${HEARTBEAT_PID:-}" ]; then kill "$HEARTBEAT_PID" 2>/dev/null || true; fi
   HEARTBEAT_PID=""
   rm -rf "$LOCK"
 }
@@ -297,13 +297,13 @@ ready_runtime() {
     return
   fi
   if wait_or_lock; then
-    [ "$ENV_MODE" = archive ] && ! runtime_has_key "$RUNTIME" && unpack_archive
-    return
+    if [ "$ENV_MODE" = archive ] && ! runtime_has_key "$RUNTIME"; then unpack_archive; fi
+    return 0
   fi
   # This process holds the lock: anything half-made for this key is from a dead builder.
   clean_dead_builders
   build_runtime "$RUNTIME"
-  [ "$ENV_MODE" = archive ] && publish_archive
+  if [ "$ENV_MODE" = archive ]; then publish_archive; fi
   release_lock
   trap - EXIT
 }
@@ -347,7 +347,8 @@ plan() {
   if runtime_has_key "$RUNTIME"; then action="start warm (runtime $KEY already on local disk)"
   elif [ "$ENV_MODE" = archive ] && published; then action="unpack $ARCHIVE to $RUNTIME"
   elif [ -d "$LOCK" ]; then action="wait for $(lock_owner)to build, or take the lock over when its heartbeat stops"
-  else action="build runtime $KEY in $RUNTIME$([ "$ENV_MODE" = archive ] && echo " and publish $ARCHIVE")"
+  elif [ "$ENV_MODE" = archive ]; then action="build runtime $KEY in $RUNTIME and publish $ARCHIVE"
+  else action="build runtime $KEY in $RUNTIME"
   fi
   cat <<EOF
 volume:       $VOLUME

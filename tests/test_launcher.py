@@ -259,11 +259,17 @@ def test_plan_tells_and_changes_nothing(volume, requirements, tmp_path):
 
 
 def test_volume_mode_builds_the_venv_on_the_volume_once(volume, requirements, tmp_path):
-    first = launch(volume, tmp_path / "w1", requirements, TRYON_ENV_MODE="volume")
-    assert first.returncode == 0, first.stderr
-    assert "building runtime" in first.stderr
+    plan = launch(volume, tmp_path / "w0", requirements, "--plan", TRYON_ENV_MODE="volume")
+    assert plan.returncode == 0 and "would:        build runtime" in plan.stdout, plan.stderr
+    # Two workers at once: one builds, the other waits and then uses the same venv.
+    procs = [subprocess.Popen(["bash", str(ENTRYPOINT)], stderr=subprocess.PIPE, text=True,
+                              env=launcher_env(volume, tmp_path / f"w{i}", requirements, TRYON_ENV_MODE="volume"))
+             for i in (1, 2)]
+    logs = [proc.communicate(timeout=120)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], logs
+    assert sum("building runtime" in log for log in logs) == 1
     assert (volume / "venv" / "bin" / "python").exists()
-    again = launch(volume, tmp_path / "w2", requirements, TRYON_ENV_MODE="volume")
+    again = launch(volume, tmp_path / "w3", requirements, TRYON_ENV_MODE="volume")
     assert again.returncode == 0, again.stderr
     assert "building" not in again.stderr and "warm start" in again.stderr
     assert not list((volume / "envs").glob("*.tar.zst"))

@@ -109,6 +109,8 @@ def test_missing_file_is_a_404(client, volume):
      400, "bad_base64", "person"),
     ({"person": {"base64": base64.b64encode(b"plain text, not a picture").decode()}, "garment": "inputs/garment.png",
       "mask": "inputs/mask.png"}, 400, "invalid_input", "person is not an image"),
+    ({"person": {"base64": "data:image/png;base64"}, "garment": "inputs/garment.png", "mask": "inputs/mask.png"},
+     400, "invalid_input", "person image is empty"),
     ({"person": 12, "garment": "inputs/garment.png"}, 400, "invalid_request", "person"),
     ({"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "inputs/mask.png", "steps": "many"},
      400, "invalid_request", "steps"),
@@ -242,3 +244,16 @@ def test_auto_mask_without_the_parser_is_503_and_says_what_to_do(client, volume)
     response = client.post("/v1/tryon", json={"person": "inputs/person.png", "garment": "inputs/garment.png",
                                               "mask": "auto", **FAST})
     assert_error(response, 503, "model_unavailable", "auto masks are unavailable", "--with-parser")
+
+
+def test_ping_stays_ready_after_an_idle_release(volume, make_settings):
+    settings = make_settings(volume, preload=True, idle_release_s=0.2)
+    engine = Engine(settings)
+    with TestClient(create_app(settings, engine, ui=False)) as client:
+        engine.start()
+        deadline = time.monotonic() + 60
+        while engine.status().releases == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.status().state == "unloaded" and engine.status().releases == 1
+        assert client.get("/ping").status_code == 200  # released, not initialising: the next request reloads
+    engine.close()
