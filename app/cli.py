@@ -1,4 +1,4 @@
-"""Command line: ``python -m app demo | generate | tiny-models | settings``."""
+"""Command line: ``python -m app serve | demo | generate | download | doctor | tiny-models | settings``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from app.config import SettingError, Settings, settings_table
 
@@ -277,15 +277,18 @@ def _progress(step: int, total: int) -> None:
 
 
 def _open_image(path: Path, role: str) -> Image.Image:
+    """The same intake as the server's: size limits, EXIF orientation, a clear error."""
+    from app.errors import TryOnInputError
+    from app.imaging import decode_image
+
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
+        return decode_image(path.read_bytes(), role)
     except FileNotFoundError:
         raise CliError(f"{role} image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise CliError(f"{role} image {path} could not be read as an image ({exc}); use a PNG, JPEG or WebP.") \
-            from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise CliError(f"{role} image {path} cannot be read ({exc.strerror}).") from None
+    except TryOnInputError as exc:
+        raise CliError(f"{role} image {path} could not be read as an image: {exc}") from None
 
 
 def _check_output_path(out: Path) -> None:

@@ -18,12 +18,13 @@ from pathlib import Path
 
 from PIL import Image
 
-RESULT_ID = re.compile(r"^\d{4}-\d{2}-\d{2}/\d{6}-[0-9a-f]{8}$")
+# The time part carries microseconds, so names sort in creation order without a stat per file.
+RESULT_ID = re.compile(r"^\d{4}-\d{2}-\d{2}/\d{12}-[0-9a-f]{8}$")
 
 
 @dataclass(frozen=True)
 class SavedResult:
-    id: str  # "YYYY-MM-DD/HHMMSS-xxxxxxxx"
+    id: str  # "YYYY-MM-DD/HHMMSSffffff-xxxxxxxx"
     image_path: Path
     metadata: dict
 
@@ -48,7 +49,7 @@ class ResultStore:
     def save(self, image: Image.Image, metadata: dict, inputs: dict[str, Image.Image] | None = None,
              session: str | None = None) -> SavedResult:
         now = datetime.now(timezone.utc)
-        result_id = f"{now:%Y-%m-%d}/{now:%H%M%S}-{uuid.uuid4().hex[:8]}"
+        result_id = f"{now:%Y-%m-%d}/{now:%H%M%S%f}-{uuid.uuid4().hex[:8]}"
         folder = self.outputs_dir / result_id.split("/")[0]
         folder.mkdir(parents=True, exist_ok=True)
         image_path = self.outputs_dir / f"{result_id}.png"
@@ -82,18 +83,17 @@ class ResultStore:
 
     def list(self, session: str | None = None, offset: int = 0, limit: int = 24,
              only_session: bool = False) -> tuple[list[SavedResult], int]:
-        """Complete results, newest first; with ``only_session`` just those made in ``session``."""
-        # Newest first: by day folder, then by the sidecar's write time (ids share a second).
-        sidecars = sorted(self.outputs_dir.glob("????-??-??/*.json"),
-                          key=lambda p: (p.parent.name, _mtime_ns(p), p.name), reverse=True)
-        found = []
-        for sidecar in sidecars:
-            if sidecar.name.startswith("."):
-                continue
-            result = self._load(sidecar)
-            if result is None or (only_session and result.metadata.get("session") != session):
-                continue
-            found.append(result)
+        """Complete results (those with a sidecar), newest first, and how many there are.
+
+        Without ``only_session`` only the requested page's sidecars are read: a gallery page costs
+        one directory listing plus ``limit`` reads on the volume, however many results it holds.
+        """
+        sidecars = sorted((p for p in self.outputs_dir.glob("????-??-??/*.json") if not p.name.startswith(".")),
+                          key=lambda p: (p.parent.name, p.name), reverse=True)
+        if not only_session:
+            page = [r for r in (self._load(p) for p in sidecars[offset:offset + limit]) if r is not None]
+            return page, len(sidecars)
+        found = [r for r in map(self._load, sidecars) if r is not None and r.metadata.get("session") == session]
         return found[offset:offset + limit], len(found)
 
     def get(self, result_id: str) -> SavedResult | None:
@@ -128,9 +128,3 @@ def write_atomically(path: Path, write) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
 
-
-def _mtime_ns(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return 0

@@ -95,7 +95,6 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
         blocks.queue(max_size=settings.queue_max, default_concurrency_limit=1)
         app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, show_error=True, footer_links=["api"],
                                   max_file_size=int(settings.max_upload_mb * 1_000_000))
-        app.state.settings, app.state.engine, app.state.service = settings, engine, service
     return app
 
 
