@@ -74,6 +74,8 @@ class Settings:
                                 minimum=0.0, maximum=50.0)
     queue_max: int = _setting(8, "Try-ons that may wait behind the running one; more get a busy answer (429).",
                               minimum=1, maximum=1000)
+    batch_max: int = _setting(12, "Most try-ons in one batch (persons x garments x seeds); a larger batch is refused "
+                              "(400) before any work.", minimum=1, maximum=100)
     save_inputs: bool = _setting(False, "Also keep the person, garment and mask images next to each result.")
     max_upload_mb: float = _setting(20.0, "Largest accepted upload or base64 image, in MB.", minimum=1.0)
     host: str = _setting("0.0.0.0", "Address the server listens on (the port comes from PORT).")
@@ -136,6 +138,10 @@ class VolumeLayout:
     @property
     def outputs(self) -> Path:
         return self.root / "outputs"
+
+    @property
+    def examples(self) -> Path:
+        return self.root / "examples"
 
     @property
     def envs(self) -> Path:

@@ -22,8 +22,8 @@ from app.config import Settings
 from app.engine import FAILED, READY, Engine
 from app.errors import ModelLoadError, TryOnInputError
 from app.imaging import decode_image
-from app.outputs import ResultStore
-from app.service import BusyError, TryOnOptions, TryOnService
+from app.outputs import ResultStore, SavedResult
+from app.service import BatchItem, BusyError, TryOnOptions, TryOnService
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +45,25 @@ class ImageRef(BaseModel):
     base64: str | None = None
 
 
+ImageInput = str | ImageRef
+
+
 class TryOnBody(BaseModel):
-    """POST /v1/tryon. Images are volume-relative paths ("inputs/me.jpg") or {"base64": "..."}."""
+    """POST /v1/tryon. Images are volume-relative paths ("inputs/me.jpg") or {"base64": "..."}.
+
+    A list of persons and/or garments (or ``seeds``) asks for a batch: every person with every garment
+    (with every seed), persons outermost; ``mask`` is then one for all persons or a list, one per person.
+    """
 
     model_config = ConfigDict(extra="forbid")
-    person: str | ImageRef
-    garment: str | ImageRef
-    mask: str | ImageRef | None = None
+    person: ImageInput | list[ImageInput]
+    garment: ImageInput | list[ImageInput]
+    mask: ImageInput | None | list[ImageInput | None] = None
     garment_type: str = "upper"
     steps: int | None = None
     guidance: float | None = None
     seed: int | None = None
+    seeds: list[int] | None = None
     width: int | None = None
     height: int | None = None
     mask_blur: float | None = None
@@ -115,27 +123,77 @@ def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> N
 
     @app.post("/v1/tryon")
     def tryon(body: TryOnBody) -> dict:
+        if body.seeds is not None or any(isinstance(v, list) for v in (body.person, body.garment, body.mask)):
+            return tryon_batch(settings, service, body)
         person = load_image(settings, body.person, "person")
         garment = load_image(settings, body.garment, "garment")
         if body.mask is None or body.mask == "auto":
             mask = body.mask
         else:
             mask = load_image(settings, body.mask, "mask")
-        defaults = TryOnOptions.defaults(settings)
-        options = TryOnOptions(**{
-            name: value if value is not None else getattr(defaults, name)
-            for name, value in (("garment_type", body.garment_type), ("steps", body.steps),
-                                ("guidance", body.guidance), ("seed", body.seed), ("width", body.width),
-                                ("height", body.height), ("mask_blur", body.mask_blur), ("mask_grow", body.mask_grow),
-                                ("longer", body.longer), ("keep_photo", body.keep_photo))})
-        saved = service.run(person, garment, mask, options, session="api")
-        answer = {"id": saved.id, "output": saved.metadata["image"], "seed": saved.metadata["seed"],
-                  "timings": saved.metadata["timings"], "width": saved.metadata["size"][0],
-                  "height": saved.metadata["size"][1],
-                  "device": saved.metadata["device"]}
-        if body.return_image:
-            answer["image_base64"] = base64.b64encode(saved.image_path.read_bytes()).decode()
-        return answer
+        saved = service.run(person, garment, mask, request_options(settings, body), session="api")
+        return result_answer(saved, body.return_image)
+
+
+def request_options(settings: Settings, body: TryOnBody) -> TryOnOptions:
+    """The request's settings, the server's defaults for those it leaves out."""
+    defaults = TryOnOptions.defaults(settings)
+    return TryOnOptions(**{
+        name: value if value is not None else getattr(defaults, name)
+        for name, value in (("garment_type", body.garment_type), ("steps", body.steps),
+                            ("guidance", body.guidance), ("seed", body.seed), ("width", body.width),
+                            ("height", body.height), ("mask_blur", body.mask_blur), ("mask_grow", body.mask_grow),
+                            ("longer", body.longer), ("keep_photo", body.keep_photo))})
+
+
+def result_answer(saved: SavedResult, return_image: bool) -> dict:
+    answer = {"id": saved.id, "output": saved.metadata["image"], "seed": saved.metadata["seed"],
+              "timings": saved.metadata["timings"], "width": saved.metadata["size"][0],
+              "height": saved.metadata["size"][1],
+              "device": saved.metadata["device"]}
+    if return_image:
+        answer["image_base64"] = base64.b64encode(saved.image_path.read_bytes()).decode()
+    return answer
+
+
+def tryon_batch(settings: Settings, service: TryOnService, body: TryOnBody) -> dict:
+    """persons x garments x seeds, in that nesting order; the batch size is checked before any image is read."""
+    persons = body.person if isinstance(body.person, list) else [body.person]
+    garments = body.garment if isinstance(body.garment, list) else [body.garment]
+    seeds = [None] if body.seeds is None else body.seeds
+    for name, values in (("person", persons), ("garment", garments), ("seeds", seeds)):
+        if not values:
+            raise TryOnInputError(f"{name} is an empty list: give at least one.")
+    if isinstance(body.mask, list) and len(body.mask) != len(persons):
+        raise TryOnInputError(f"mask has {len(body.mask)} entries for {len(persons)} person(s): give one per "
+                              "person in the same order, or a single mask, \"auto\" or null for all.")
+    if body.seed is not None and body.seeds is not None:
+        raise TryOnInputError("give either seed or seeds, not both.")
+    count = len(persons) * len(garments) * len(seeds)
+    if count > settings.batch_max:
+        raise TryOnInputError(f"the batch has {count} try-ons ({len(persons)} person(s) x {len(garments)} "
+                              f"garment(s) x {len(seeds)} seed(s)), over the limit of {settings.batch_max} "
+                              "(TRYON_BATCH_MAX): split it into smaller requests.")
+
+    def load_all(refs: list, role: str) -> list:
+        numbered = len(refs) > 1 or isinstance(getattr(body, role), list)
+        return [ref if ref is None or ref == "auto" else
+                load_image(settings, ref, f"{role} {number}" if numbered else role)
+                for number, ref in enumerate(refs, 1)]
+
+    person_images = load_all(persons, "person")
+    garment_images = load_all(garments, "garment")
+    if isinstance(body.mask, list):
+        masks = load_all(body.mask, "mask")
+    else:
+        masks = load_all([body.mask], "mask") * len(persons)  # one mask (decoded once) for every person
+    items = [BatchItem(person, garment, mask, seed=seed)
+             for person, mask in zip(person_images, masks, strict=True)
+             for garment in garment_images
+             for seed in seeds]
+    saved = service.run_batch(items, request_options(settings, body), session="api")
+    return {"batch": saved[0].metadata["batch"]["id"],
+            "results": [result_answer(result, body.return_image) for result in saved]}
 
 
 def add_error_handlers(app: FastAPI) -> None:

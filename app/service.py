@@ -1,7 +1,7 @@
-"""One try-on from request to saved result, shared by the web UI and the REST API.
+"""Try-ons from request to saved result, one or a batch, shared by the web UI and the REST API.
 
 Validates the request, waits for the GPU (one generation at a time, a bounded queue behind it),
-runs the held pipeline and stores the result with its sidecar.
+runs the held pipeline and stores each result with its sidecar.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 
 from PIL import Image
 
@@ -65,6 +67,29 @@ class TryOnOptions:
                               self.height)
 
 
+@dataclass
+class BatchItem:
+    """One try-on of a batch; ``None`` fields take the batch's options."""
+
+    person: Image.Image
+    garment: Image.Image
+    mask: Image.Image | str | None  # "auto": the parser's mask; None is refused, as in run()
+    garment_type: str | None = None
+    seed: int | None = None  # -1: a random seed for this item
+
+
+@dataclass
+class _Job:
+    """One try-on checked and ready for the GPU."""
+
+    person: Image.Image
+    garment: Image.Image
+    mask: Image.Image  # as given or adjusted by the mask tools: what the sidecar records
+    prepared_mask: Image.Image  # blurred: what the pipeline and paste-back use
+    options: TryOnOptions
+    seed: int
+
+
 class TryOnService:
     def __init__(self, settings: Settings, engine: Engine, store: ResultStore):
         self.settings = settings
@@ -89,26 +114,88 @@ class TryOnService:
             return {"waiting": self._waiting, "running": self._gpu.locked(), "max": self.settings.queue_max}
 
     def run(self, person: Image.Image, garment: Image.Image, mask: Image.Image | str | None, options: TryOnOptions,
-            session: str | None = None, progress: Callable[[int, int], None] | None = None) -> SavedResult:
+            session: str | None = None, progress: Callable[[int, int], None] | None = None,
+            mask_tools_applied: bool = False) -> SavedResult:
+        """One try-on, saved. ``mask_tools_applied``: the mask already carries ``options``' grow and longer
+        (the studio shows the adjusted mask and sends what it shows); they are recorded, not applied again."""
         options.check()
-        if isinstance(mask, str) and mask == "auto":
-            mask = self.auto_mask(person, options.garment_type, options.mask_grow, options.longer)
-        elif mask is not None:
+        check_mask(person, mask)
+        job = self._prepare(person, garment, mask, options, mask_tools_applied)
+        return self._generate(job, session, progress, new_request=True)
+
+    def run_batch(self, items: list[BatchItem], options: TryOnOptions, session: str | None = None,
+                  progress: Callable[[int, int], None] | None = None,
+                  mask_tools_applied: bool = False) -> list[SavedResult]:
+        """Several try-ons in order, each saved as ``run()`` saves one, with ``"batch"`` in its metadata.
+
+        Every item is checked (and its mask made) before any generation, so a bad item fails the whole
+        batch with nothing saved. The batch queues once and takes the GPU item by item. ``progress(done,
+        total)`` counts denoising steps over the whole batch. An exception from ``progress`` (the studio's
+        GenerationCancelled) stops the batch and propagates; the items finished before it stay saved.
+        """
+        count = len(items)
+        if not count:
+            raise TryOnInputError("the batch is empty: give at least one person and one garment.")
+        if count > self.settings.batch_max:
+            raise TryOnInputError(f"the batch has {count} try-ons, over the limit of {self.settings.batch_max} "
+                                  "(TRYON_BATCH_MAX): split it into smaller batches.")
+        # Settings shared by every item are reported once; garment type and seed per item.
+        replace(options, garment_type=GARMENT_TYPES[0], seed=-1).check()
+        item_options = []
+        for number, item in enumerate(items, 1):
+            with naming_item(number, count):
+                each = replace(options, garment_type=options.garment_type if item.garment_type is None
+                               else item.garment_type, seed=options.seed if item.seed is None else item.seed)
+                each.check()
+                check_mask(item.person, item.mask)
+            item_options.append(each)
+        auto_masks: dict = {}  # one parser run per person and garment type, however many garments it wears
+        jobs = []
+        for number, (item, each) in enumerate(zip(items, item_options, strict=True), 1):
+            with naming_item(number, count):
+                jobs.append(self._prepare(item.person, item.garment, item.mask, each, mask_tools_applied,
+                                          auto_masks))
+
+        batch_id = uuid.uuid4().hex[:16]
+        total = sum(job.options.steps for job in jobs)
+        saved: list[SavedResult] = []
+        done = 0  # steps of the items before this one
+        try:
+            for index, job in enumerate(jobs):
+                item_progress = None if progress is None else batch_progress(progress, done, total)
+                saved.append(self._generate(job, session, item_progress, new_request=index == 0,
+                                            batch={"id": batch_id, "index": index, "size": count}))
+                done += job.options.steps
+        except BaseException as exc:
+            log.info("batch %s stopped after %d of %d try-ons (%s)", batch_id, len(saved), count,
+                     type(exc).__name__)
+            raise
+        log.info("batch %s: %d try-ons", batch_id, count)
+        return saved
+
+    def _prepare(self, person: Image.Image, garment: Image.Image, mask: Image.Image | str, options: TryOnOptions,
+                 mask_tools_applied: bool, auto_masks: dict | None = None) -> _Job:
+        """Masks made and checked, seed drawn: everything before the GPU (``options`` already checked)."""
+        if isinstance(mask, str):  # "auto"
+            made = auto_masks if auto_masks is not None else {}
+            key = (id(person), options.garment_type, options.mask_grow, options.longer)
+            if key not in made:
+                made[key] = self.auto_mask(person, options.garment_type, options.mask_grow, options.longer)
+            mask = made[key]
+        elif not mask_tools_applied:
             mask = apply_tools(mask, grow=options.mask_grow, longer=options.longer)
-        if mask is None:
-            raise TryOnInputError("no mask: paint the area to replace on the person photo, or send a mask image "
-                                  "(white where the garment goes).")
-        if mask.size != person.size:
-            raise TryOnInputError(f"mask size {mask.width}x{mask.height} differs from the person photo's "
-                                  f"{person.width}x{person.height}; draw or generate the mask on this photo.")
         prepared_mask = blur_mask(mask, options.mask_blur)
         if not prepared_mask.point(lambda v: 255 if v >= 128 else 0).getbbox():
             raise TryOnInputError("the mask is empty: paint over the clothes to replace before running.")
         # Random seeds stay below 2**53: exact as JavaScript numbers, so a seed shown in the page replays.
         seed = random.randrange(2**53) if options.seed == -1 else options.seed
+        return _Job(person, garment, mask, prepared_mask, options, seed)
 
+    def _wait_for_gpu(self, new_request: bool) -> float:
+        """Take the GPU lock, counted as waiting meanwhile; the seconds waited. A new request is refused
+        when the queue is full; a batch's later items already hold its place and only wait."""
         with self._count_lock:
-            if self._waiting >= self.settings.queue_max:
+            if new_request and self._waiting >= self.settings.queue_max:
                 raise BusyError(f"busy: {self._waiting} try-ons are already waiting (limit {self.settings.queue_max});"
                                 " try again in a minute.")
             self._waiting += 1
@@ -118,15 +205,21 @@ class TryOnService:
         finally:
             with self._count_lock:
                 self._waiting -= 1
+        return time.perf_counter() - queued
+
+    def _generate(self, job: _Job, session: str | None, progress: Callable[[int, int], None] | None,
+                  new_request: bool, batch: dict | None = None) -> SavedResult:
+        """One prepared try-on through the GPU (lock held for the generation only), pasted back and saved."""
+        options = job.options
+        waited = self._wait_for_gpu(new_request)
         try:
-            waited = time.perf_counter() - queued
             with self.engine.use() as pipe:
-                result = pipe(person=person, garment=garment, mask=prepared_mask, steps=options.steps,
-                              guidance=options.guidance, seed=seed, width=options.width, height=options.height,
+                result = pipe(person=job.person, garment=job.garment, mask=job.prepared_mask, steps=options.steps,
+                              guidance=options.guidance, seed=job.seed, width=options.width, height=options.height,
                               callback=progress)
         finally:
             self._gpu.release()
-        image = paste_back(person, result.image, prepared_mask) if options.keep_photo else result.image
+        image = paste_back(job.person, result.image, job.prepared_mask) if options.keep_photo else result.image
         status = self.engine.status()
         metadata = {
             "settings": {**asdict(options), "seed": result.seed},
@@ -139,7 +232,38 @@ class TryOnService:
             "dtype": result.dtype,
             "load_timings": {k: round(v, 4) for k, v in status.load_timings.items()},
         }
-        saved = self.store.save(image, metadata, inputs={"person": person, "garment": garment, "mask": mask},
-                                session=session)
+        if batch is not None:
+            metadata["batch"] = batch
+        saved = self.store.save(image, metadata, inputs={"person": job.person, "garment": job.garment,
+                                                         "mask": job.mask}, session=session)
         log.info("try-on %s: seed %d, %.1f s", saved.id, result.seed, result.timings["total"])
         return saved
+
+
+def check_mask(person: Image.Image, mask: Image.Image | str | None) -> None:
+    """The mask checks that need no model: there is one, and it fits the photo."""
+    if mask is None:
+        raise TryOnInputError("no mask: paint the area to replace on the person photo, or send a mask image "
+                              "(white where the garment goes).")
+    if isinstance(mask, str):
+        if mask != "auto":
+            raise TryOnInputError(f"mask={mask!r} is not usable: send a mask image, or \"auto\" for the parser's.")
+    elif mask.size != person.size:
+        raise TryOnInputError(f"mask size {mask.width}x{mask.height} differs from the person photo's "
+                              f"{person.width}x{person.height}; draw or generate the mask on this photo.")
+
+
+def batch_progress(progress: Callable[[int, int], None], offset: int, total: int) -> Callable[[int, int], None]:
+    """An item's step callback reporting steps over the whole batch."""
+    def report(step: int, _item_steps: int) -> None:
+        progress(offset + step, total)
+    return report
+
+
+@contextmanager
+def naming_item(number: int, count: int) -> Iterator[None]:
+    """Input errors raised inside name the batch item they are about."""
+    try:
+        yield
+    except TryOnInputError as exc:
+        raise TryOnInputError(f"item {number} of {count}: {exc}") from None
