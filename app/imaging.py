@@ -70,17 +70,12 @@ def decode_image(data: bytes, role: str) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def mask_from_layers(layers: list[Image.Image], size: tuple[int, int]) -> Image.Image:
-    """The painted area of editor layers (any non-transparent pixel) as a white-on-black mask."""
-    mask = Image.new("L", size, 0)
-    for layer in layers:
-        if layer is None:
-            continue
-        alpha = layer.convert("RGBA").getchannel("A")
-        if alpha.size != size:
-            alpha = alpha.resize(size, Image.NEAREST)
-        mask.paste(255, (0, 0), alpha.point(lambda a: 255 if a > 0 else 0))
-    return mask
+def flatten(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency put on white (cut-outs and editor renders have transparent areas)."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def blur_mask(mask: Image.Image, radius: float) -> Image.Image:

@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from app.errors import AdapterError, GenerationCancelled, TryOnInputError
-from app.imaging import resize_and_crop, resize_and_pad
+from app.imaging import flatten, resize_and_crop, resize_and_pad
 from app.validation import check_generation_args
 from app.weights import ADAPTER_FILE, UNET_WEIGHTS
 
@@ -175,7 +175,7 @@ class CatVTONPipeline:
         """Images -> tensors on the device: person and garment in [-1, 1], the mask binarised at 0.5."""
         size = (width, height)
         person_t = _to_tensor(resize_and_crop(person, size).convert("RGB"))
-        garment_t = _to_tensor(resize_and_pad(_flatten_alpha(garment), size).convert("RGB"))
+        garment_t = _to_tensor(resize_and_pad(flatten(garment), size).convert("RGB"))
         mask_np = np.asarray(resize_and_crop(mask, size).convert("L"), dtype=np.float32) / 255.0
         mask_t = torch.from_numpy((mask_np >= 0.5).astype(np.float32))[None, None]
         return (person_t.to(self.device, self.dtype), garment_t.to(self.device, self.dtype),
@@ -274,15 +274,6 @@ def dtype_name(dtype: torch.dtype) -> str:
 def _to_tensor(image: Image.Image) -> torch.Tensor:
     array = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)[None]
     return torch.from_numpy(array.copy()).to(torch.float32) / 127.5 - 1.0
-
-
-def _flatten_alpha(image: Image.Image) -> Image.Image:
-    """Garment cut-outs often come with transparency: put them on white, as the padding is."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image
 
 
 def _natural_key(key: str):

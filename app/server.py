@@ -97,11 +97,12 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
     if ui:
         import gradio as gr
 
-        from app.ui import build_ui
+        from app.ui import STUDIO_CSS, build_ui
 
         blocks = build_ui(service, settings, per_session_gallery=per_session_gallery)
         blocks.queue(max_size=settings.queue_max, default_concurrency_limit=1)
         app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, show_error=True, footer_links=["api"],
+                                  css=STUDIO_CSS,
                                   max_file_size=int(settings.max_upload_mb * 1_000_000))
     return app
 

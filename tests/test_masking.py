@@ -138,12 +138,30 @@ def test_parser_holder_explains_a_missing_parser(tmp_path):
         holder.get()
 
 
-def test_auto_mask_fills_the_editor_layer_and_reads_back_as_the_painted_mask(images):
-    from app.ui import editor_person_and_mask, mask_layer
+def test_auto_mask_layer_reads_back_as_the_painted_mask_in_photo_coordinates(images):
+    from app.editor import CANVAS_SIZE, mask_layer, painted_mask, redraw_auto
 
     mask = images["mask"]
-    value = mask_layer(images["person"], mask)
-    assert value["background"].size == images["person"].size and len(value["layers"]) == 1
-    person, painted = editor_person_and_mask(value)
-    assert person.size == images["person"].size
-    assert np.array_equal(white(painted), white(mask))
+    layer = mask_layer(mask)
+    assert layer.size == (max(CANVAS_SIZE[0], mask.width), max(CANVAS_SIZE[1], mask.height))
+    assert np.array_equal(white(painted_mask({"layers": [layer]}, mask.size)), white(mask))
+    # A layer padded beyond the photo (the editor's own canvas) is cropped, not scaled.
+    padded = Image.new("RGBA", (mask.width + 100, mask.height + 40))
+    padded.paste(layer, (0, 0))
+    assert np.array_equal(white(painted_mask({"layers": [padded]}, mask.size)), white(mask))
+    tiny = Image.new("L", (40, 30), 0)
+    tiny.paste(255, (5, 5, 20, 20))
+    assert np.array_equal(white(painted_mask({"layers": [mask_layer(tiny)]}, tiny.size)), white(tiny))
+
+    # Redrawing the automatic part keeps strokes and erasures.
+    old_auto, new_auto = Image.new("L", (10, 10), 0), Image.new("L", (10, 10), 0)
+    old_auto.paste(255, (2, 2, 6, 6))
+    new_auto.paste(255, (1, 1, 7, 7))  # grown
+    painted = old_auto.copy()
+    painted.paste(255, (8, 8, 10, 10))  # a stroke
+    painted.paste(0, (2, 2, 3, 3))  # an erasure
+    result = white(redraw_auto(painted, old_auto, new_auto))
+    assert result[8, 8] and result[9, 9]  # stroke kept
+    assert not result[2, 2]  # erasure kept
+    assert result[1, 1] and result[6, 6]  # growth shown
+    assert white(redraw_auto(painted, None, new_auto)).sum() == (white(painted) | white(new_auto)).sum()

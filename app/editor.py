@@ -1,0 +1,79 @@
+"""The person editor's contents in photo coordinates: the mask layer the studio loads into Gradio's
+ImageEditor, and the mask read back from what the editor sends.
+
+Gradio's editor (6.x) has traps this module keeps away from the try-on:
+- A value's ``composite`` is drawn as the editor's *background*, so a composite carrying the mask would be
+  baked into the photo the model receives. Nothing here ever paints into the photo.
+- A layer loaded from a URL is centred inside the editor's container bounds, which also span the initial
+  canvas (``canvas_size``) long after a smaller photo was loaded. Layers are therefore padded to
+  ``max(canvas, photo)`` and anchored top-left, so they land on the photo's own pixels.
+- Its default file format is lossy WebP; the studio asks for PNG.
+
+No Gradio import here: plain PIL functions, tested without a browser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from PIL import Image
+
+MASK_COLOR = (255, 43, 214)  # the brush colour: a magenta that clothes rarely have
+MASK_HEX = "#{:02x}{:02x}{:02x}".format(*MASK_COLOR)
+CANVAS_SIZE = (64, 64)  # the editor's initial canvas; kept small so it never widens the container bounds
+
+
+def photo_digest(image: Image.Image) -> str:
+    """Identifies a photo by its pixels, to tell the editor's echo of our own value from a new upload."""
+    rgb = image.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
+    digest.update(rgb.tobytes())
+    return digest.hexdigest()
+
+
+def layer_size(photo_size: tuple[int, int]) -> tuple[int, int]:
+    return max(CANVAS_SIZE[0], photo_size[0]), max(CANVAS_SIZE[1], photo_size[1])
+
+
+def mask_layer(mask: Image.Image) -> Image.Image:
+    """``mask`` (white = replace) as a brush-coloured RGBA layer, padded so the editor places it at (0, 0)."""
+    binary = mask.convert("L").point(lambda v: 255 if v >= 128 else 0)
+    alpha = Image.new("L", layer_size(mask.size), 0)
+    alpha.paste(binary, (0, 0))
+    layer = Image.new("RGBA", alpha.size, MASK_COLOR + (0,))
+    layer.putalpha(alpha)
+    return layer
+
+
+def painted_mask(value: dict | None, photo_size: tuple[int, int]) -> Image.Image:
+    """The painted area of the editor's layers (any non-transparent pixel) in photo coordinates, white on black."""
+    mask = Image.new("L", photo_size, 0)
+    for layer in (value or {}).get("layers") or []:
+        if layer is None:
+            continue
+        alpha = layer.convert("RGBA").getchannel("A")
+        if alpha.size != photo_size:
+            if alpha.width >= photo_size[0] and alpha.height >= photo_size[1]:
+                alpha = alpha.crop((0, 0, *photo_size))  # the padding of mask_layer, or the editor's own canvas
+            else:
+                alpha = alpha.resize(photo_size, Image.NEAREST)
+        mask.paste(255, (0, 0), alpha.point(lambda a: 255 if a > 0 else 0))
+    return mask
+
+
+def redraw_auto(painted: Image.Image, shown_auto: Image.Image | None, new_auto: Image.Image) -> Image.Image:
+    """Swap the automatic part of a mask, keeping the user's own edits.
+
+    What the user added beyond the last automatic mask (brush strokes) and what they removed from it
+    (eraser) survive; everything else follows ``new_auto``.
+    """
+    now = np.asarray(painted.convert("L")) > 127
+    new = np.asarray(new_auto.convert("L")) > 127
+    if shown_auto is None:
+        result = now | new
+    else:
+        before = np.asarray(shown_auto.convert("L")) > 127
+        strokes, erased = now & ~before, before & ~now
+        result = (new & ~erased) | strokes
+    return Image.fromarray(np.where(result, 255, 0).astype(np.uint8), "L")

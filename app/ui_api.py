@@ -1,0 +1,115 @@
+"""Named Gradio endpoints for scripts (gradio_client): /tryon, /tryon_batch and /auto_mask.
+
+Each parameter is a labelled component with the right type (integers as integers, garment types as
+choices) and every optional one has a default, so ``client.view_api()`` documents the calls by itself.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+from PIL import Image
+
+from app.config import Settings
+from app.service import GARMENT_TYPES, BatchItem, TryOnOptions, TryOnService
+from app.ui_gallery import public_metadata
+from app.ui_run import USER_ERRORS, read_uploads, saved_image
+
+GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
+
+
+def add_api_endpoints(service: TryOnService, settings: Settings) -> None:
+    """The hidden components and events of the script API; call inside the studio's Blocks."""
+    defaults = TryOnOptions.defaults(settings)
+
+    def owner(request: gr.Request | None) -> str | None:
+        return request.session_hash if request else None
+
+    def options(garment_type, steps, guidance, seed, width, height, mask_blur, mask_grow, longer, keep_photo):
+        return TryOnOptions(garment_type=garment_type or "upper", steps=int(steps), guidance=float(guidance),
+                            seed=int(seed), width=int(width), height=int(height), mask_blur=float(mask_blur),
+                            mask_grow=int(mask_grow), longer=float(longer), keep_photo=bool(keep_photo))
+
+    def tryon(person: Image.Image, garment: Image.Image, mask: Image.Image | None = None, garment_type="upper",
+              steps=defaults.steps, guidance=defaults.guidance, seed=-1, width=defaults.width,
+              height=defaults.height, mask_blur=defaults.mask_blur, mask_grow=0, longer=0.0, keep_photo=True,
+              request: gr.Request = None, progress=gr.Progress()):
+        try:
+            if person is None or garment is None:
+                raise gr.Error("person and garment images are required.")
+            saved = service.run(person.convert("RGB"), garment, "auto" if mask is None else mask,
+                                options(garment_type, steps, guidance, seed, width, height, mask_blur, mask_grow,
+                                        longer, keep_photo),
+                                session=owner(request),
+                                progress=lambda step, total: progress((step, total), desc="Denoising"))
+        except USER_ERRORS as exc:
+            raise gr.Error(str(exc)) from None
+        return saved_image(saved), public_metadata(saved.metadata)
+
+    def tryon_batch(persons: list, garments: list, masks: list | None = None, garment_type="upper",
+                    steps=defaults.steps, guidance=defaults.guidance, seed=-1, variations=1,
+                    width=defaults.width, height=defaults.height, mask_blur=defaults.mask_blur, mask_grow=0,
+                    longer=0.0, keep_photo=True, request: gr.Request = None, progress=gr.Progress()):
+        try:
+            people = read_uploads(persons, "person", settings.max_upload_mb)
+            clothes = read_uploads(garments, "garment", settings.max_upload_mb)
+            painted = [m.convert("L") for m in read_uploads(masks, "mask", settings.max_upload_mb)]
+            if not people or not clothes:
+                raise gr.Error("give at least one person and one garment image.")
+            if painted and len(painted) != len(people):
+                raise gr.Error(f"{len(painted)} masks for {len(people)} persons: give one mask per person, or "
+                               "none for automatic masks.")
+            variations = int(variations)
+            seeds = [-1] * variations if int(seed) == -1 else [int(seed) + i for i in range(variations)]
+            items = [BatchItem(person, garment, painted[i] if painted else "auto", seed=s)
+                     for i, person in enumerate(people) for garment in clothes for s in seeds]
+            saved = service.run_batch(items, options(garment_type, steps, guidance, seed, width, height, mask_blur,
+                                                     mask_grow, longer, keep_photo), session=owner(request),
+                                      progress=lambda done, total: progress((done, total), desc="Denoising"))
+        except USER_ERRORS as exc:
+            raise gr.Error(str(exc)) from None
+        return ([(saved_image(s), f"seed {s.metadata['seed']}") for s in saved],
+                [public_metadata(s.metadata) for s in saved])
+
+    def auto_mask(person: Image.Image, garment_type="upper", mask_grow=0, longer=0.0):
+        try:
+            if person is None:
+                raise gr.Error("a person image is required.")
+            return service.auto_mask(person.convert("RGB"), garment_type or "upper", int(mask_grow), float(longer))
+        except USER_ERRORS as exc:
+            raise gr.Error(str(exc)) from None
+
+    def garment_type_input():
+        return gr.Radio(list(GARMENT_TYPES), value="upper", label="garment_type")
+
+    def settings_inputs():
+        return [gr.Number(value=defaults.steps, precision=0, label="steps"),
+                gr.Number(value=defaults.guidance, label="guidance"),
+                gr.Number(value=-1, precision=0, label="seed (-1: random)")]
+
+    def size_and_tools(grow_and_longer_only: bool = False):
+        tools = [gr.Number(value=0, precision=0, label="mask_grow (px, negative shrinks)"),
+                 gr.Number(value=0.0, label="longer (fraction of the height)")]
+        if grow_and_longer_only:
+            return tools
+        return [gr.Number(value=defaults.width, precision=0, label="width"),
+                gr.Number(value=defaults.height, precision=0, label="height"),
+                gr.Number(value=defaults.mask_blur, label="mask_blur (px)"), *tools,
+                gr.Checkbox(value=True, label="keep_photo")]
+
+    with gr.Group(visible=False):
+        single = [gr.Image(type="pil", label="person"), gr.Image(type="pil", label="garment"),
+                  gr.Image(type="pil", image_mode="L", label="mask (optional: white = replace)"),
+                  garment_type_input(), *settings_inputs(), *size_and_tools()]
+        single_out = [gr.Image(type="pil", format="png", label="result"), gr.JSON(label="metadata")]
+        batch = [gr.File(file_count="multiple", file_types=["image"], label="persons"),
+                 gr.File(file_count="multiple", file_types=["image"], label="garments"),
+                 gr.File(file_count="multiple", file_types=["image"], label="masks (optional, one per person)"),
+                 garment_type_input(), *settings_inputs(),
+                 gr.Number(value=1, precision=0, label="variations (seeds per pair)"), *size_and_tools()]
+        batch_out = [gr.Gallery(type="pil", format="png", label="results"), gr.JSON(label="metadata")]
+        masking = [gr.Image(type="pil", label="person"), garment_type_input(), *size_and_tools(True)]
+        mask_out = gr.Image(type="pil", format="png", image_mode="L", label="mask")
+        buttons = [gr.Button() for _ in range(3)]
+    buttons[0].click(tryon, single, single_out, api_name="tryon", **GPU)
+    buttons[1].click(tryon_batch, batch, batch_out, api_name="tryon_batch", **GPU)
+    buttons[2].click(auto_mask, masking, mask_out, api_name="auto_mask")

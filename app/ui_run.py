@@ -1,0 +1,221 @@
+"""The studio's Run: one try-on, a batch or variations, with honest progress, Stop, and the run's results.
+
+A run is a generator: the try-on works in a thread while the generator reports what it is doing (waiting
+for the GPU, loading the model, step k of n with seconds left from the measured step time) into the
+studio's own progress line, so nothing spills over other panels and Gradio's estimate from earlier runs
+never shows.
+"""
+
+from __future__ import annotations
+
+import html
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+from app.editor import painted_mask, photo_digest
+from app.errors import GenerationCancelled, ModelLoadError, TryOnInputError
+from app.imaging import decode_image, flatten, resize_and_crop
+from app.outputs import SavedResult
+from app.service import BatchItem, BusyError, TryOnOptions, TryOnService
+
+MAX_VARIATIONS = 8
+USER_ERRORS = (TryOnInputError, BusyError, ModelLoadError)
+
+
+class Session:
+    """One browser session's studio state, held server-side in ``gr.State`` (never sent to the page).
+
+    ``photo`` is the person photo in the editor; ``auto_masks`` caches the parser's masks for it by
+    garment type; ``shown_auto`` is the automatic mask currently drawn in the editor (tools applied).
+    """
+
+    def __init__(self):
+        self.photo: Image.Image | None = None
+        self.photo_id: str | None = None
+        self.auto_masks: dict[str, Image.Image] = {}
+        self.shown_auto: Image.Image | None = None
+        self.cancel = threading.Event()
+        self.last_seed: int | None = None
+        self.selected: dict | None = None  # metadata of the gallery item last opened
+
+    def __deepcopy__(self, memo):  # gr.State copies its initial value for every new session
+        return Session()
+
+    def set_photo(self, photo: Image.Image | None) -> bool:
+        """Hold a new photo; False when it is the one already held (the editor echoing our own value)."""
+        digest = photo_digest(photo) if photo is not None else None
+        if digest == self.photo_id:
+            return False
+        self.photo, self.photo_id = photo, digest
+        self.auto_masks, self.shown_auto = {}, None
+        return True
+
+
+@dataclass
+class RunRequest:
+    """What the page asked for, already checked: the items of the run and their shared options."""
+
+    items: list[BatchItem]
+    options: TryOnOptions
+    first_person: Image.Image
+    first_mask: Image.Image  # the mask of the first person: painted, or the parser's with the tools applied
+
+
+def person_and_mask(session: Session, editor: dict | None) -> tuple[Image.Image, Image.Image | None]:
+    """The photo and the mask painted on it, in its own coordinates (None: nothing painted).
+
+    The editor's background is the photo itself (nothing is ever painted into it). A background unlike
+    the held photo is a new upload: it replaces the photo and forgets the old one's automatic masks.
+    Photos loaded from here (examples) are held before they reach the editor, which may report no
+    background until the user touches it; then the mask is the one last sent, if any.
+    """
+    background = (editor or {}).get("background")
+    if background is not None:
+        session.set_photo(flatten(background))
+    photo = session.photo
+    if photo is None:
+        raise TryOnInputError("no person photo: upload one in the Person editor, or pick an example.")
+    if background is None and session.shown_auto is not None:
+        return photo, session.shown_auto
+    mask = painted_mask(editor, photo.size)
+    return photo, (mask if mask.getbbox() else None)
+
+
+def read_uploads(files: list | None, role: str, limit_mb: float) -> list[Image.Image]:
+    """Images from a multiple-file input, each through the same intake as REST (size limit, EXIF)."""
+    images = []
+    for number, file in enumerate(files or [], 1):
+        path = getattr(file, "name", file)
+        with open(path, "rb") as handle:
+            data = handle.read(int(limit_mb * 1_000_000) + 1)
+        if len(data) > limit_mb * 1_000_000:
+            raise TryOnInputError(f"{role} {number} is over {limit_mb:g} MB: use a smaller file.")
+        images.append(flatten(decode_image(data, f"{role} {number}")))
+    return images
+
+
+def seeds_for(random_seed: bool, seed: int, variations: int) -> list[int]:
+    if not 1 <= variations <= MAX_VARIATIONS:
+        raise TryOnInputError(f"variations={variations} is not usable: use 1 to {MAX_VARIATIONS}.")
+    return [-1] * variations if random_seed else [seed + i for i in range(variations)]
+
+
+def build_request(service: TryOnService, session: Session, editor, garment, extra_persons, extra_garments,
+                  options: TryOnOptions, random_seed: bool, variations: int) -> RunRequest:
+    """Every item of the run, checked; with nothing painted, the parser's mask (as Auto mask would show it)."""
+    options.check()
+    person, mask = person_and_mask(session, editor)
+    if garment is None:
+        raise TryOnInputError("no garment photo: upload one under Garment, or pick an example.")
+    limit_mb = service.settings.max_upload_mb
+    extra_people = read_uploads(extra_persons, "extra person", limit_mb)
+    extra_clothes = read_uploads(extra_garments, "extra garment", limit_mb)
+    if mask is None:
+        mask = service.auto_mask(person, options.garment_type, options.mask_grow, options.longer)
+    persons = [(person, mask)]
+    persons += [(extra, "auto") for extra in extra_people]
+    garments = [garment.convert("RGB")] + extra_clothes
+    seeds = seeds_for(random_seed, options.seed, variations)
+    items = [BatchItem(photo, clothes, item_mask, seed=seed)
+             for photo, item_mask in persons for clothes in garments for seed in seeds]
+    return RunRequest(items, options, person, mask)
+
+
+def progress_html(fraction: float | None, text: str, state: str = "running") -> str:
+    """The studio's progress line: a bar (when a fraction is known) and one sentence."""
+    bar = "" if fraction is None else (f'<div class="tryon-bar"><div style="width:{100 * fraction:.1f}%">'
+                                      "</div></div>")
+    return f'<div class="tryon-progress {state}" role="status">{bar}<span>{html.escape(text)}</span></div>'
+
+
+class StepClock:
+    """Seconds left from the measured time per step of this run (not from earlier, other-sized runs)."""
+
+    def __init__(self):
+        self.first: tuple[int, float] | None = None
+        self.last: tuple[int, float] | None = None
+
+    def tick(self, done: int) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = (done, now)
+        self.last = (done, now)
+
+    def seconds_left(self, done: int, total: int) -> float | None:
+        if self.first is None or self.last is None or self.last[0] <= self.first[0]:
+            return None
+        per_step = (self.last[1] - self.first[1]) / (self.last[0] - self.first[0])
+        return per_step * (total - done)
+
+
+def describe(service: TryOnService, done: int, total: int, clock: StepClock, started: float, count: int) -> str:
+    elapsed = time.perf_counter() - started
+    if done == 0:
+        state = service.engine.status().state
+        if state in ("unloaded", "loading"):
+            return f"Loading the model… {elapsed:.0f} s (the first run after a start takes longer)"
+        queue_state = service.queue_state()
+        if queue_state["running"]:
+            return f"Waiting for the GPU ({queue_state['waiting']} waiting) · {elapsed:.0f} s"
+        return f"Starting… {elapsed:.0f} s"
+    left = clock.seconds_left(done, total)
+    eta = f" · about {left:.0f} s left" if left is not None else ""
+    what = f"{count} try-ons, step" if count > 1 else "Step"
+    return f"{what} {done}/{total}{eta}"
+
+
+def run_in_thread(service: TryOnService, session: Session, request: RunRequest, owner: str | None):
+    """Start the try-ons in a worker thread; yields (done, total, results | None, error | None) as they go."""
+    events: queue.Queue = queue.Queue()
+
+    def progress(done: int, total: int) -> None:
+        if session.cancel.is_set():
+            raise GenerationCancelled(f"stopped at step {done} of {total}")
+        events.put(("step", done, total))
+
+    def work() -> None:
+        try:
+            # Painted masks are sent as shown (tools already applied on screen); "auto" ones get them.
+            results = service.run_batch(request.items, request.options, session=owner, progress=progress,
+                                        mask_tools_applied=True)
+            events.put(("done", results))
+        except BaseException as exc:  # reported to the page; the service keeps serving
+            events.put(("error", exc))
+
+    session.cancel.clear()
+    threading.Thread(target=work, name="studio-run", daemon=True).start()
+    while True:
+        try:
+            yield events.get(timeout=0.25)
+        except queue.Empty:
+            yield ("tick",)
+
+
+def compare_pair(person: Image.Image, result: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """Before and after at the same size: the photo as the result frames it."""
+    before = person.convert("RGB")
+    if before.size != result.size:
+        before = resize_and_crop(before, result.size)
+    return before, result
+
+
+def inputs_strip(person: Image.Image, mask: Image.Image, garment: Image.Image, result: Image.Image) -> Image.Image:
+    """Person, mask, garment and result side by side: what went into the model and what came out."""
+    height = result.height
+    tiles = [ImageOps.contain(image.convert("RGB"), (result.width, height))
+             for image in (person, mask, garment)] + [result]
+    canvas = Image.new("RGB", (sum(t.width for t in tiles) + 8 * 3, height), "white")
+    x = 0
+    for tile in tiles:
+        canvas.paste(tile, (x, (height - tile.height) // 2))
+        x += tile.width + 8
+    return canvas
+
+
+def saved_image(result: SavedResult) -> Image.Image:
+    with Image.open(result.image_path) as image:
+        return image.convert("RGB")

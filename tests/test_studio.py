@@ -1,0 +1,343 @@
+"""The studio in a real browser (Debian's Chromium) against a launched server on the tiny models.
+
+Every test checks what a designer would: the pixels the model received (TRYON_SAVE_INPUTS keeps the
+person, mask and garment next to each result), the buttons' state, the progress line, the files saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_e2e import CHROMIUM, CHROMIUM_FLAGS, launch_server
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); "
+                                "CI installs it")
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "assets" / "examples"
+PERSON, GARMENT = EXAMPLES / "person-1.png", EXAMPLES / "garment-1.png"
+SCREENSHOTS = os.environ.get("STUDIO_SCREENSHOTS")  # a folder: refresh docs/ screenshots from this run
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    from app.config import Settings
+    from app.tiny_models import ensure_tiny_models
+
+    volume = tmp_path_factory.mktemp("studio-volume")
+    ensure_tiny_models(Settings.from_env({}, volume=str(volume), tiny_models=True))  # the tests read its parser
+    with launch_server(volume, TRYON_SAVE_INPUTS="1", TRYON_STEPS="3") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, studio):
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.goto(studio["url"] + "/")
+    page.wait_for_selector("#run")
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def auto_reference(studio):
+    """The parser's mask for person-1 and 'upper', computed here with the same tiny parser."""
+    from app.masking import HumanParser
+
+    settings_parser = studio["volume"] / "tiny-models" / "mattmdjaga" / "segformer_b2_clothes"
+    parser = HumanParser(settings_parser)
+    with Image.open(PERSON) as person:
+        photo = person.convert("RGB")
+    return {kind: parser.auto_mask(photo, kind) for kind in ("upper", "lower")}
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def results(volume: Path) -> list[Path]:
+    """Result sidecars, oldest first."""
+    return sorted((volume / "outputs").glob("*/*.json")) if (volume / "outputs").exists() else []
+
+
+def load_inputs(page, person=PERSON, garment=GARMENT):
+    page.locator("#person input[type=file]").first.set_input_files(str(person))
+    page.locator("#garment input[type=file]").first.set_input_files(str(garment))
+    page.wait_for_timeout(1200)
+
+
+def press_auto_mask(page) -> float:
+    """Auto mask, waiting for its result; the seconds from the click to the mask being back."""
+    started = time.monotonic()
+    page.locator("#auto-mask").click()
+    page.wait_for_function("() => document.querySelector('#auto-mask').innerText.includes('Masking')",
+                           timeout=10_000, polling=20)
+    page.wait_for_function("() => document.querySelector('#auto-mask').innerText.includes('Auto mask')",
+                           timeout=120_000, polling=20)
+    seconds = time.monotonic() - started
+    page.wait_for_timeout(800)  # the editor loads the returned layer
+    return seconds
+
+
+def stroke(page, tool="Brush", at=(0.5, 0.8)):
+    """A zigzag with the brush (or eraser) at a fraction of the editor canvas."""
+    page.get_by_role("button", name=tool, exact=True).click()
+    box = page.locator("#person canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] * at[0] - 30, box["y"] + box["height"] * at[1]
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for i in range(10):
+        page.mouse.move(x + i * 4, y + (i % 5) * 6, steps=3)
+    page.mouse.up()
+    page.wait_for_timeout(400)
+
+
+def run_and_wait(page, volume: Path, count: int = 1) -> list[dict]:
+    before = len(results(volume))
+    page.locator("#run").click()
+    page.wait_for_function("() => /Done|Not run|failed/.test(document.querySelector('#progress')?.innerText) "
+                           "|| document.querySelector('.toast-body')", timeout=240_000)
+    problems = page.locator(".toast-body").all_inner_texts()
+    assert not problems and "Done" in page.locator("#progress").inner_text(), (
+        problems, page.locator("#progress").inner_text())
+    page.wait_for_function("() => !document.querySelector('#run').disabled", timeout=10_000)
+    saved = results(volume)
+    assert len(saved) == before + count, [p.name for p in saved]
+    return [json.loads(p.read_text()) for p in saved[before:]]
+
+
+def saved_input(volume: Path, meta: dict, role: str) -> Image.Image:
+    with Image.open(volume / meta["input_files"][role]) as image:
+        return image.copy()
+
+
+def white(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("L")) > 127
+
+
+def assert_same_photo(volume: Path, meta: dict):
+    sent = np.asarray(saved_input(volume, meta, "person").convert("RGB")).astype(int)
+    with Image.open(PERSON) as person:
+        uploaded = np.asarray(person.convert("RGB")).astype(int)
+    assert sent.shape == uploaded.shape
+    assert np.abs(sent - uploaded).max() == 0, "the person photo sent to the model is not the uploaded one"
+
+
+def shoot(page, name: str):
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / name), full_page=False)
+
+
+# -- defect 1: auto mask, then brush --------------------------------------------------------------
+
+def test_brush_alone_reference_then_auto_plus_brush_keeps_photo_and_coordinates(page, studio, auto_reference):
+    """Auto mask then a stroke (and stroke, auto, stroke): the model gets the uploaded photo unchanged and
+    the auto mask plus the stroke where it was drawn (the brush-alone run gives the stroke's pixels)."""
+    volume = studio["volume"]
+    load_inputs(page)
+    stroke(page)
+    [alone] = run_and_wait(page, volume)
+    assert_same_photo(volume, alone)
+    drawn = white(saved_input(volume, alone, "mask"))
+    assert 1000 < drawn.sum() < 20000  # one zigzag, in the lower part of the photo
+    assert np.nonzero(drawn)[0].min() > 0.6 * drawn.shape[0]
+
+    auto = white(auto_reference["upper"])
+    for sequence in (("auto", "paint"), ("paint", "auto", "paint")):
+        page.reload()
+        page.wait_for_selector("#run")
+        load_inputs(page)
+        for step in sequence:
+            press_auto_mask(page) if step == "auto" else stroke(page)
+        [meta] = run_and_wait(page, volume)
+        assert_same_photo(volume, meta)
+        mask = white(saved_input(volume, meta, "mask"))
+        assert mask.shape == auto.shape
+        expected = auto | drawn
+        mismatch = (mask ^ expected).sum() / expected.sum()
+        assert mismatch < 0.01, (sequence, mismatch)
+
+
+def test_eraser_removes_from_the_auto_mask(page, studio, auto_reference):
+    volume = studio["volume"]
+    load_inputs(page)
+    press_auto_mask(page)
+    stroke(page, tool="Erase", at=(0.22, 0.62))  # over the background, which the tiny parser masks
+    [meta] = run_and_wait(page, volume)
+    mask, auto = white(saved_input(volume, meta, "mask")), white(auto_reference["upper"])
+    assert not (mask & ~auto).any(), "erasing added mask pixels"
+    assert 500 < (auto & ~mask).sum() < 0.5 * auto.sum(), "the eraser stroke did not remove a stroke's worth"
+
+
+# -- defect 2: the mask shown is the mask used ----------------------------------------------------
+
+def test_mask_tools_and_garment_type_redraw_the_shown_mask(page, studio, auto_reference):
+    from app.masking import apply_tools
+
+    volume = studio["volume"]
+    load_inputs(page)
+    press_auto_mask(page)
+    page.locator("#garment-type label", has_text="Lower").click()
+    page.wait_for_timeout(2500)
+    page.get_by_text("Mask tools").click()
+    page.locator("#longer input").check()
+    page.wait_for_timeout(2500)
+    [meta] = run_and_wait(page, volume)
+    expected = white(apply_tools(auto_reference["lower"], longer=0.15))
+    mask = white(saved_input(volume, meta, "mask"))
+    assert (mask ^ expected).sum() / expected.sum() < 0.01
+    assert meta["settings"]["garment_type"] == "lower" and meta["settings"]["longer"] == 0.15
+
+
+# -- defects 3 and 4: progress in one place, Stop, honest ETA -------------------------------------
+
+def test_progress_stays_on_the_result_stop_ends_the_run_and_run_is_disabled_meanwhile(page, studio):
+    volume = studio["volume"]
+    load_inputs(page)
+    stroke(page)
+    page.get_by_text("Settings", exact=True).click()
+    steps = page.locator("#steps input[type=number]")
+    steps.fill("100")
+    steps.press("Enter")
+    page.evaluate("""() => { window.__firstProgress = null; const node = document.querySelector('#progress');
+        new MutationObserver(() => { if (window.__firstProgress === null && /Step|Loading|Waiting|Checking/
+            .test(node.innerText)) window.__firstProgress = performance.now(); })
+            .observe(node, {subtree: true, childList: true, characterData: true}); }""")
+    before = len(results(volume))
+    clicked = page.evaluate("() => performance.now()")
+    page.locator("#run").click()
+    page.wait_for_function("() => document.querySelector('#progress').innerText.includes('Step')", timeout=120_000)
+    first = page.evaluate("() => window.__firstProgress")
+    print(f"\nRun -> first progress update in the page: {(first - clicked) / 1000:.2f} s")
+    run_button = page.locator("#run")
+    assert run_button.is_disabled() and "Running" in run_button.inner_text()
+    page.wait_for_function("() => /s left/.test(document.querySelector('#progress').innerText)", timeout=60_000)
+    text = page.locator("#progress").inner_text()
+    done, total = (int(v) for v in text.split("Step ")[1].split(" ")[0].split("/"))
+    assert total == 100 and 1 <= done < 100
+    # Progress is drawn in the result panel only: no Gradio status tracker over the gallery or page label.
+    for elem in ("#gallery", "#page-label", "#person", "#garment"):
+        assert page.locator(f"{elem} .eta-bar, {elem} .progress-text").count() == 0, elem
+    page.locator("#stop").click()
+    page.wait_for_function("() => document.querySelector('#progress').innerText.includes('Stopped at step')",
+                           timeout=60_000)
+    page.wait_for_function("() => !document.querySelector('#run').disabled", timeout=10_000)
+    assert len(results(volume)) == before, "a stopped run saved a result"
+    assert page.locator("#stop").is_disabled()
+
+
+def test_an_error_shows_once_and_marks_no_other_panel(page, studio):
+    page.locator("#person input[type=file]").first.set_input_files(str(PERSON))
+    page.wait_for_timeout(800)
+    page.locator("#run").click()  # no garment
+    page.wait_for_function("() => document.querySelector('#progress').innerText.includes('Not run')",
+                           timeout=30_000)
+    assert "no garment photo" in page.locator("#progress").inner_text()
+    assert page.locator("#progress .tryon-progress.error").count() == 1
+    for elem in ("#gallery", "#result", "#page-label", "#summary", "#person", "#garment"):
+        assert page.locator(f"{elem} .error").count() == 0, elem
+    assert page.locator(".toast-body").count() == 0
+    page.wait_for_function("() => !document.querySelector('#run').disabled", timeout=10_000)
+
+
+# -- defect 5: auto mask keeps the photo on screen ------------------------------------------------
+
+def test_auto_mask_keeps_the_photo_visible(page, studio):
+    load_inputs(page)
+    press_auto_mask(page)  # the first press loads the parser
+    seconds = []
+    for _ in range(2):
+        page.locator("#auto-mask").click()
+        started = time.monotonic()
+        page.wait_for_function("() => document.querySelector('#auto-mask').innerText.includes('Masking')",
+                               timeout=10_000, polling=20)
+        assert page.locator("#person canvas").first.is_visible()
+        assert page.locator("#person .wrap.translucent, #person .eta-bar").count() == 0
+        page.wait_for_function("() => document.querySelector('#auto-mask').innerText.includes('Auto mask')",
+                               timeout=60_000, polling=20)
+        seconds.append(time.monotonic() - started)
+    print(f"\nAuto mask in the browser (parser loaded): {', '.join(f'{s:.2f}' for s in seconds)} s")
+
+
+# -- batch, compare, reuse, layout ----------------------------------------------------------------
+
+def test_batch_of_garments_with_compare_and_reuse(page, studio):
+    volume = studio["volume"]
+    shoot(page, "studio-1440-first-load.png")
+    run_box, examples_box = page.locator("#run").bounding_box(), page.locator("#examples-person").bounding_box()
+    assert run_box["y"] + run_box["height"] <= 900 and examples_box["y"] + examples_box["height"] <= 900
+    page.locator("#examples-person .thumbnail-item").first.click()
+    page.locator("#examples-garment .thumbnail-item").nth(1).click()
+    page.wait_for_timeout(1500)
+    page.get_by_text("Batch", exact=True).click()
+    page.locator("#extra-garments input[type=file]").set_input_files([str(EXAMPLES / "garment-1.png"),
+                                                                      str(EXAMPLES / "garment-5.png")])
+    page.wait_for_timeout(1500)
+    made = run_and_wait(page, volume, count=3)
+    assert len({m["batch"]["id"] for m in made}) == 1 and [m["batch"]["index"] for m in made] == [0, 1, 2]
+    garments = [saved_input(volume, m, "garment") for m in made]
+    assert len({g.tobytes() for g in garments}) == 3  # three different garments went in
+    assert page.locator("#strip .thumbnail-item").count() == 3
+    page.wait_for_timeout(500)
+    shoot(page, "studio-1440-after-batch.png")
+    page.get_by_role("tab", name="Compare").click()
+    page.wait_for_timeout(800)
+    assert page.locator("#compare img").count() >= 2
+    shoot(page, "studio-1440-compare.png")
+
+    page.locator("#gallery .thumbnail-item").first.click()
+    page.wait_for_selector("#selected-summary", state="visible")
+    newest = made[-1]
+    assert f"seed {newest['seed']}" in page.locator("#selected-summary").inner_text()
+    page.get_by_text("Settings", exact=True).click()
+    page.locator("#seed input").fill("7")
+    page.locator("#reuse").click()
+    page.wait_for_timeout(1000)
+    assert page.locator("#seed input").input_value() == str(newest["seed"])
+    assert not page.locator("#random-seed input").is_checked()
+
+
+@pytest.mark.parametrize("viewport", [(390, 844)])
+def test_phone_layout_fits_the_screen(browser, studio, viewport):
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, device_scale_factor=2)
+    page = context.new_page()
+    page.goto(studio["url"] + "/")
+    page.wait_for_selector("#run")
+    load_inputs(page)
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= viewport[0], f"the page is {width} px wide on a {viewport[0]} px screen"
+    editor = page.locator("#person").bounding_box()
+    assert editor["x"] >= 0 and editor["x"] + editor["width"] <= viewport[0]
+    label, toolbar = page.locator("#person label").first.bounding_box(), page.locator("#person .toolbar-wrap, "
+                                                                                      "#person [role=toolbar]")
+    if toolbar.count():
+        bar = toolbar.first.bounding_box()
+        overlap = not (label["x"] + label["width"] <= bar["x"] or bar["x"] + bar["width"] <= label["x"]
+                       or label["y"] + label["height"] <= bar["y"] or bar["y"] + bar["height"] <= label["y"])
+        assert not overlap, (label, bar)
+    if SCREENSHOTS:
+        shoot(page, "studio-390-first-load.png")
+    context.close()
+
+
+def test_screenshots_are_committed():
+    for name in ("studio-1440-first-load.png", "studio-1440-after-batch.png", "studio-1440-compare.png",
+                 "studio-390-first-load.png"):
+        path = ROOT / "docs" / name
+        assert path.is_file() and path.stat().st_size > 10_000, name
+        assert f"docs/{name}" in (ROOT / "README.md").read_text(), f"README does not show {name}"
