@@ -15,7 +15,7 @@ import gradio as gr
 from PIL import Image
 
 from app.config import Settings
-from app.editor import CANVAS_SIZE, MASK_HEX, mask_layer, painted_mask, redraw_auto
+from app.editor import CANVAS_SIZE, MASK_HEX, mask_layer, redraw_auto
 from app.errors import GenerationCancelled
 from app.examples import example_garments, example_people
 from app.masking import apply_tools
@@ -106,6 +106,7 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
         with Image.open(example.path) as image:
             photo = image.convert("RGB")
         session.set_photo(photo)
+        session.shown_auto = None  # the editor gets the photo with an empty mask layer
         return photo, None
 
     def load_garment(event: gr.SelectData):
@@ -120,11 +121,12 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
     def on_auto(session: Session, editor, garment_type, grow, longer):
         """Auto mask: the parser's mask for this garment type, with the tools, added to the user's strokes."""
         try:
-            photo, _ = person_and_mask(session, editor)
+            photo, current = person_and_mask(session, editor)
             new = auto_for(session, photo, garment_type, grow, longer)
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from None
-        merged = redraw_auto(painted_mask(editor, photo.size), session.shown_auto, new)
+        merged = redraw_auto(current if current is not None else Image.new("L", photo.size, 0), session.shown_auto,
+                             new)
         session.shown_auto = new
         return photo, mask_layer(merged)
 

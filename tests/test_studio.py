@@ -204,6 +204,25 @@ def test_mask_tools_and_garment_type_redraw_the_shown_mask(page, studio, auto_re
     assert meta["settings"]["garment_type"] == "lower" and meta["settings"]["longer"] == 0.15
 
 
+def test_example_person_auto_mask_and_tools_without_touching_the_editor(page, studio, auto_reference):
+    """An example photo loaded from the server, Auto mask, Longer: the run gets exactly what is shown."""
+    from app.masking import apply_tools
+
+    volume = studio["volume"]
+    page.locator("#examples-person .thumbnail-item").first.click()  # person-1
+    page.locator("#examples-garment .thumbnail-item").first.click()
+    page.wait_for_timeout(1500)
+    press_auto_mask(page)
+    page.get_by_text("Mask tools").click()
+    page.locator("#longer input").check()
+    page.wait_for_timeout(2500)
+    [meta] = run_and_wait(page, volume)
+    assert_same_photo(volume, meta)
+    expected = white(apply_tools(auto_reference["upper"], longer=0.15))
+    mask = white(saved_input(volume, meta, "mask"))
+    assert (mask ^ expected).sum() / expected.sum() < 0.01
+
+
 # -- defects 3 and 4: progress in one place, Stop, honest ETA -------------------------------------
 
 def test_progress_stays_on_the_result_stop_ends_the_run_and_run_is_disabled_meanwhile(page, studio):
