@@ -97,7 +97,8 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
     if ui:
         import gradio as gr
 
-        from app.ui import STUDIO_CSS, build_ui
+        from app.ui import build_ui
+        from app.ui_panels import STUDIO_CSS
 
         blocks = build_ui(service, settings, per_session_gallery=per_session_gallery)
         blocks.queue(max_size=settings.queue_max, default_concurrency_limit=1)

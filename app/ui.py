@@ -1,8 +1,8 @@
 """The try-on studio: a Gradio Blocks page over TryOnService, plus the named API endpoints for scripts.
 
-Panels: the person editor with its mask tools, the garment with examples and batch inputs, the run
-controls with the result (compare, inputs, the run's strip) and the gallery. Helpers by concern:
-``app.editor`` (editor values in photo coordinates), ``app.ui_run`` (runs, progress, Stop),
+This module wires behaviour to the panels of ``app.ui_panels`` (the person editor with its mask tools,
+the garment with examples and batch inputs, the run controls with the result, the gallery). Helpers by
+concern: ``app.editor`` (the mask layer in photo coordinates), ``app.ui_run`` (runs, progress, Stop),
 ``app.ui_gallery`` (pages, captions, reuse) and ``app.ui_api`` (the script endpoints).
 """
 
@@ -15,15 +15,15 @@ import gradio as gr
 from PIL import Image
 
 from app.config import Settings
-from app.editor import CANVAS_SIZE, MASK_HEX, mask_layer, redraw_auto
+from app.editor import mask_layer, redraw_auto
 from app.errors import GenerationCancelled
 from app.examples import example_garments, example_people
 from app.masking import apply_tools
 from app.service import SIZES, TryOnOptions, TryOnService
 from app.ui_api import add_api_endpoints
 from app.ui_gallery import form_values, gallery_page, public_metadata, summary
+from app.ui_panels import editor_panel, gallery_panel, garment_panel, run_panel
 from app.ui_run import (
-    MAX_VARIATIONS,
     USER_ERRORS,
     Session,
     StepClock,
@@ -43,6 +43,7 @@ STATE_TEXT = {"unloaded": "not loaded (loads on the first run)", "loading": "loa
 # Loads a photo (and a mask layer) into the person editor the way an upload does. Gradio 6's editor,
 # given such a value from the server, re-uploads it in a loop and its brush stops drawing on replaced
 # layers; its own loader, as used for uploads, has neither problem.
+NOTHING = (None, None)  # nothing for the editor loader to load (it ignores a missing photo)
 EDITOR_LOAD_JS = """async (photo, layer) => {
   const editor = window.editor;
   if (!editor || !photo) return;
@@ -53,19 +54,6 @@ EDITOR_LOAD_JS = """async (photo, layer) => {
 }"""
 REUSED = ("garment_type", "steps", "guidance", "random_seed", "seed", "size", "mask_blur", "mask_grow", "longer",
           "keep_photo")
-GARMENT_CHOICES = [("Upper", "upper"), ("Lower", "lower"), ("Dress / overall", "overall")]
-STUDIO_CSS = """
-#status p { margin: 0; font-size: 0.85em; opacity: 0.85 }
-.tryon-progress { display: flex; flex-direction: column; gap: 4px; font-size: 0.9em; min-height: 1.6em }
-.tryon-bar { height: 6px; border-radius: 3px; background: var(--neutral-200); overflow: hidden }
-.tryon-bar > div { height: 100%; background: var(--color-accent); transition: width 0.2s }
-.tryon-progress.error span { color: var(--error-text-color) }
-#person, #person .image-container { max-width: 100% }
-#examples-person .grid-wrap, #examples-garment .grid-wrap { overflow-y: auto }
-.hint p { font-size: 0.85em; opacity: 0.8; margin: 2px 0 }
-"""
-
-
 def status_text(service: TryOnService) -> str:
     status = service.engine.status()
     parts = [f"**Model:** {STATE_TEXT.get(status.state, status.state)}"]
@@ -124,7 +112,8 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
             photo, current = person_and_mask(session, editor)
             new = auto_for(session, photo, garment_type, grow, longer)
         except USER_ERRORS as exc:
-            raise gr.Error(str(exc)) from None
+            gr.Warning(str(exc))  # a notice, not an error state: the chain goes on and restores the button
+            return NOTHING
         merged = redraw_auto(current if current is not None else Image.new("L", photo.size, 0), session.shown_auto,
                              new)
         session.shown_auto = new
@@ -135,9 +124,9 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
         try:
             person_and_mask(session, editor)  # notices a new photo, which has no automatic mask yet
         except USER_ERRORS:
-            return gr.skip(), gr.skip()
+            return NOTHING
         if session.shown_auto is None:
-            return gr.skip(), gr.skip()  # a hand-painted mask is used exactly as painted
+            return NOTHING  # a hand-painted mask is used exactly as painted
         return on_auto(session, editor, garment_type, grow, longer)
 
     # -- a run ----------------------------------------------------------------------------------
@@ -150,7 +139,7 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
                mask_blur, grow, longer, keep_photo, variations, extra_persons, extra_garments,
                request: gr.Request):
         """A run as a stream of progress lines. Errors end it in the same line (never as badges on panels)."""
-        skip = [gr.skip()] * 7
+        skip = [gr.skip()] * 6  # result, compare, inputs view, strip, summary, seed
 
         def line(fraction, text, state="running"):
             return (progress_html(fraction, text, state), *buttons(state == "running"), *skip)
@@ -250,91 +239,13 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
             gr.Markdown("## Try-on studio", elem_id="title")
             status = gr.Markdown(status_text(service), elem_id="status")
         with gr.Row(equal_height=False):
-            with gr.Column(scale=5, min_width=320):
-                person = gr.ImageEditor(
-                    label="Person", type="pil", format="png", elem_id="person", height=560,
-                    sources=["upload", "clipboard"], layers=False, transforms=(), canvas_size=CANVAS_SIZE,
-                    brush=gr.Brush(colors=[MASK_HEX], color_mode="fixed", default_size=28),
-                    eraser=gr.Eraser(default_size=28),
-                    placeholder="Upload a person photo, then paint the clothes to replace (or press Auto mask)")
-                gr.Markdown("Paint over the clothes to replace, or press **Auto mask**; the brush adds, the "
-                            "eraser removes. What you see is the mask the model gets.", elem_classes="hint")
-                with gr.Row():
-                    auto = gr.Button("Auto mask", elem_id="auto-mask", size="sm", scale=1)
-                    garment_type = gr.Radio(GARMENT_CHOICES, value="upper", label="Garment type", scale=3,
-                                            elem_id="garment-type",
-                                            info="Overall: a dress or jumpsuit, from shoulders to legs")
-                with gr.Accordion("Mask tools", open=False):
-                    grow = gr.Slider(-30, 30, value=0, step=1, label="Grow / shrink (px)", elem_id="grow",
-                                     info="Redraws the automatic mask; your strokes stay")
-                    longer = gr.Checkbox(value=False, label="Longer garment", elem_id="longer",
-                                         info="Extends the automatic mask down by 15 % of the height")
-                    mask_blur = gr.Slider(0, 30, value=defaults.mask_blur, step=1, label="Edge blur (px)",
-                                          info="Softens the mask's edge before the try-on")
-            with gr.Column(scale=3, min_width=260):
-                garment = gr.Image(label="Garment", type="pil", sources=["upload", "clipboard"],
-                                   elem_id="garment", height=260)
-                person_examples = gr.Gallery([(str(e.path), e.label) for e in people], label="Example persons",
-                                             columns=4, height=150, allow_preview=False, elem_id="examples-person",
-                                             show_label=True, object_fit="contain")
-                garment_examples = gr.Gallery([(str(e.path), e.label) for e in garments],
-                                              label="Example garments", columns=4, height=150,
-                                              allow_preview=False, elem_id="examples-garment",
-                                              object_fit="contain")
-                with gr.Accordion("Batch", open=False, elem_id="batch"):
-                    extra_garments = gr.File(file_count="multiple", file_types=["image"], label="More garments",
-                                             elem_id="extra-garments", height=90)
-                    extra_persons = gr.File(file_count="multiple", file_types=["image"],
-                                            label="More persons (auto mask)", elem_id="extra-persons", height=90)
-                    variations = gr.Number(value=1, precision=0, minimum=1, maximum=MAX_VARIATIONS,
-                                           label="Variations", info="Seeds per person and garment",
-                                           elem_id="variations")
-            with gr.Column(scale=4, min_width=320):
-                with gr.Row():
-                    run = gr.Button("Run try-on", variant="primary", elem_id="run", scale=3)
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False, scale=1)
-                progress = gr.HTML(progress_html(None, ""), elem_id="progress")
-                with gr.Tabs(elem_id="result-tabs"):
-                    with gr.Tab("Result", id="result-tab"):
-                        result = gr.Image(label="Result", type="pil", interactive=False, format="png",
-                                          elem_id="result", height=460)
-                    with gr.Tab("Compare", id="compare-tab", elem_id="compare-tab"):
-                        compare = gr.ImageSlider(label="Before / after", type="pil", interactive=False,
-                                                 elem_id="compare", height=460)
-                    with gr.Tab("Inputs", id="inputs-tab"):
-                        inputs_view = gr.Image(label="Person, mask, garment and result", type="pil",
-                                               interactive=False, format="png", elem_id="inputs-view")
-                strip = gr.Gallery(label="This run", columns=4, height=180, visible=False, elem_id="strip",
-                                   object_fit="contain")
-                run_summary = gr.Markdown(elem_id="summary")
-                with gr.Accordion("Settings", open=False, elem_id="settings"):
-                    steps = gr.Slider(1, 100, value=defaults.steps, step=1, label="Steps", elem_id="steps")
-                    guidance = gr.Slider(0, 20, value=defaults.guidance, step=0.1, label="Guidance (CFG)",
-                                         info="How strongly the garment steers the result; 1 or less turns it off")
-                    with gr.Row():
-                        random_seed = gr.Checkbox(value=defaults.seed == -1, label="Random seed",
-                                                  elem_id="random-seed")
-                        seed = gr.Number(value=max(defaults.seed, 0), precision=0, minimum=0, label="Seed",
-                                         elem_id="seed")
-                        keep_seed = gr.Button("Same seed", size="sm", elem_id="same-seed")
-                    size = gr.Radio(list(sizes), value=default_size, label="Resolution (width x height)")
-                    keep_photo = gr.Checkbox(value=True, label="Keep my photo",
-                                             info="Paste the result into the original photo, in its own size")
-        with gr.Accordion("Gallery", open=True):
-            gallery = gr.Gallery(label="Results, newest first", columns=6, height=300, object_fit="contain",
-                                 allow_preview=False, elem_id="gallery")
-            with gr.Row():
-                newer = gr.Button("Newer", size="sm")
-                page_label = gr.Markdown(elem_id="page-label")
-                older = gr.Button("Older", size="sm")
-            with gr.Row(visible=False) as selected_row:
-                selected = gr.Image(label="Selected result", type="pil", interactive=False, format="png",
-                                    elem_id="selected")
-                with gr.Column():
-                    selected_summary = gr.Markdown(elem_id="selected-summary")
-                    reuse_button = gr.Button("Use these settings", size="sm", elem_id="reuse")
-                    with gr.Accordion("All settings (JSON)", open=False):
-                        selected_meta = gr.JSON(label="Metadata")
+            person, auto, garment_type, grow, longer, mask_blur = editor_panel(defaults)
+            (garment, person_examples, garment_examples, extra_garments, extra_persons,
+             variations) = garment_panel(people, garments)
+            (run, stop, progress, result, compare, inputs_view, strip, run_summary, steps, guidance, random_seed,
+             seed, keep_seed, size, keep_photo) = run_panel(defaults, sizes, default_size)
+        (gallery, newer, page_label, older, selected_row, selected, selected_summary, reuse_button,
+         selected_meta) = gallery_panel()
         page, ids = gr.State(0), gr.State([])
         with gr.Group(visible=False):  # what the editor loader reads: the photo and the mask layer, as PNG
             editor_photo = gr.Image(type="pil", format="png", image_mode="RGB", elem_id="editor-photo")

@@ -38,14 +38,17 @@ def launch_server(volume: Path, **env_overrides: str):
                TRYON_WIDTH="384", TRYON_HEIGHT="512", TRYON_LOG_LEVEL="warning")
     env.update(env_overrides)
     started = time.monotonic()
+    # The server's output goes to a file: a pipe nobody reads fills up and blocks the server mid-test.
+    log_path = volume.parent / f"{volume.name}-server.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--tiny", "--volume", str(volume), "--host",
-                             "127.0.0.1", "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
         while True:
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "the server did not answer /ping within 120 s"
             try:
                 if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
@@ -54,10 +57,11 @@ def launch_server(volume: Path, **env_overrides: str):
                 pass
             time.sleep(0.05)
         print(f"\nserve -> first 200 from /ping: {time.monotonic() - started:.2f} s")
-        yield {"url": url, "volume": volume, "health_url": f"http://127.0.0.1:{health_port}"}
+        yield {"url": url, "volume": volume, "health_url": f"http://127.0.0.1:{health_port}", "log": log_path}
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,10 @@ def results(volume: Path) -> list[Path]:
 def load_inputs(page, person=PERSON, garment=GARMENT):
     page.locator("#person input[type=file]").first.set_input_files(str(person))
     page.locator("#garment input[type=file]").first.set_input_files(str(garment))
-    page.wait_for_timeout(1200)
+    with Image.open(person) as photo:  # the editor has the photo once its canvas takes the photo's size
+        page.wait_for_function(f"() => window.editor && window.editor.width === {photo.width}", timeout=30_000)
+    page.wait_for_selector("#garment img", timeout=30_000)
+    page.wait_for_timeout(300)
 
 
 def press_auto_mask(page) -> float:
@@ -204,6 +207,20 @@ def test_mask_tools_and_garment_type_redraw_the_shown_mask(page, studio, auto_re
     assert meta["settings"]["garment_type"] == "lower" and meta["settings"]["longer"] == 0.15
 
 
+def test_tools_leave_a_hand_painted_mask_as_painted(page, studio):
+    """Without an automatic mask on screen, changing the garment type or Longer changes nothing drawn."""
+    volume = studio["volume"]
+    load_inputs(page)
+    stroke(page)
+    [before] = run_and_wait(page, volume)
+    page.locator("#garment-type label", has_text="Lower").click()
+    page.get_by_text("Mask tools").click()
+    page.locator("#longer input").check()
+    page.wait_for_timeout(2000)
+    [after] = run_and_wait(page, volume)
+    assert np.array_equal(white(saved_input(volume, before, "mask")), white(saved_input(volume, after, "mask")))
+
+
 def test_example_person_auto_mask_and_tools_without_touching_the_editor(page, studio, auto_reference):
     """An example photo loaded from the server, Auto mask, Longer: the run gets exactly what is shown."""
     from app.masking import apply_tools
@@ -306,12 +323,15 @@ def test_batch_of_garments_with_compare_and_reuse(page, studio):
     page.get_by_text("Batch", exact=True).click()
     page.locator("#extra-garments input[type=file]").set_input_files([str(EXAMPLES / "garment-1.png"),
                                                                       str(EXAMPLES / "garment-5.png")])
+    page.locator("#variations input").fill("2")
+    page.locator("#variations input").press("Tab")
     page.wait_for_timeout(1500)
-    made = run_and_wait(page, volume, count=3)
-    assert len({m["batch"]["id"] for m in made}) == 1 and [m["batch"]["index"] for m in made] == [0, 1, 2]
-    garments = [saved_input(volume, m, "garment") for m in made]
-    assert len({g.tobytes() for g in garments}) == 3  # three different garments went in
-    assert page.locator("#strip .thumbnail-item").count() == 3
+    made = run_and_wait(page, volume, count=6)
+    assert len({m["batch"]["id"] for m in made}) == 1 and [m["batch"]["index"] for m in made] == list(range(6))
+    garments = [saved_input(volume, m, "garment").tobytes() for m in made]
+    assert len(set(garments)) == 3 and garments[0] == garments[1]  # three garments, two seeds each
+    assert made[0]["seed"] != made[1]["seed"]  # a variation is another seed of the same input
+    assert page.locator("#strip .thumbnail-item").count() == 6
     page.wait_for_timeout(500)
     shoot(page, "studio-1440-after-batch.png")
     page.get_by_role("tab", name="Compare").click()
@@ -324,6 +344,11 @@ def test_batch_of_garments_with_compare_and_reuse(page, studio):
     newest = made[-1]
     assert f"seed {newest['seed']}" in page.locator("#selected-summary").inner_text()
     page.get_by_text("Settings", exact=True).click()
+    page.locator("#random-seed input").check()
+    page.locator("#same-seed").click()
+    page.wait_for_timeout(1000)
+    assert page.locator("#seed input").input_value() == str(made[0]["seed"])  # the run's first result
+    assert not page.locator("#random-seed input").is_checked()
     page.locator("#seed input").fill("7")
     page.locator("#reuse").click()
     page.wait_for_timeout(1000)
