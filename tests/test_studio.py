@@ -111,6 +111,7 @@ def stroke(page, tool="Brush", at=(0.5, 0.8)):
 
 def run_and_wait(page, volume: Path, count: int = 1) -> list[dict]:
     before = len(results(volume))
+    page.evaluate("() => { const line = document.querySelector('#progress span'); if (line) line.textContent = ''; }")
     page.locator("#run").click()
     page.wait_for_function("() => /Done|Not run|failed/.test(document.querySelector('#progress')?.innerText) "
                            "|| document.querySelector('.toast-body')", timeout=240_000)
