@@ -363,7 +363,10 @@ def test_phone_layout_fits_the_screen(browser, studio, viewport):
     page = context.new_page()
     page.goto(studio["url"] + "/")
     page.wait_for_selector("#run")
-    load_inputs(page)
+    page.locator("#person input[type=file]").first.set_input_files(str(PERSON))
+    page.locator("#garment input[type=file]").first.set_input_files(str(GARMENT))
+    page.wait_for_selector("#garment img", timeout=30_000)
+    page.wait_for_timeout(1500)  # layout only: the editor's photo need not be ready
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= viewport[0], f"the page is {width} px wide on a {viewport[0]} px screen"
     editor = page.locator("#person").bounding_box()
