@@ -75,10 +75,17 @@ def results(volume: Path) -> list[Path]:
 
 
 def load_inputs(page, person=PERSON, garment=GARMENT):
-    page.locator("#person input[type=file]").first.set_input_files(str(person))
-    page.locator("#garment input[type=file]").first.set_input_files(str(garment))
     with Image.open(person) as photo:  # the editor has the photo once its canvas takes the photo's size
-        page.wait_for_function(f"() => window.editor && window.editor.width === {photo.width}", timeout=30_000)
+        loaded = f"() => window.editor && window.editor.width === {photo.width}"
+    for attempt in range(3):  # a file chosen while the editor is still starting up is dropped: choose it again
+        page.locator("#person input[type=file]").first.set_input_files(str(person))
+        try:
+            page.wait_for_function(loaded, timeout=10_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+    page.locator("#garment input[type=file]").first.set_input_files(str(garment))
     page.wait_for_selector("#garment img", timeout=30_000)
     page.wait_for_timeout(300)
 
