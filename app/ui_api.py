@@ -12,7 +12,7 @@ from PIL import Image
 from app.config import Settings
 from app.service import GARMENT_TYPES, BatchItem, TryOnOptions, TryOnService
 from app.ui_gallery import public_metadata
-from app.ui_run import USER_ERRORS, read_uploads, saved_image
+from app.ui_run import USER_ERRORS, read_uploads, saved_image, seeds_for
 
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 
@@ -58,8 +58,7 @@ def add_api_endpoints(service: TryOnService, settings: Settings) -> None:
             if painted and len(painted) != len(people):
                 raise gr.Error(f"{len(painted)} masks for {len(people)} persons: give one mask per person, or "
                                "none for automatic masks.")
-            variations = int(variations)
-            seeds = [-1] * variations if int(seed) == -1 else [int(seed) + i for i in range(variations)]
+            seeds = seeds_for(int(seed) == -1, int(seed), int(variations))  # bounded as in the studio
             items = [BatchItem(person, garment, painted[i] if painted else "auto", seed=s)
                      for i, person in enumerate(people) for garment in clothes for s in seeds]
             saved = service.run_batch(items, options(garment_type, steps, guidance, seed, width, height, mask_blur,
