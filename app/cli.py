@@ -62,10 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(run=run_generate)
 
     serve = commands.add_parser("serve", help="the try-on studio, REST API and /ping on one port")
-    serve.add_argument("--host", help="listen address (TRYON_HOST, default 0.0.0.0)")
+    serve.add_argument("--host", help="listen address (TRYON_HOST, default 127.0.0.1: this machine only; 0.0.0.0 "
+                       "for every interface)")
     serve.add_argument("--port", type=int, help="port (PORT, default 7860); PORT_HEALTH adds a /ping-only port")
     serve.add_argument("--share", action="store_true", help="also open a public Gradio share link")
-    serve.add_argument("--auth", metavar="USER:PASS", help="require this login for the web page")
+    serve.add_argument("--auth", metavar="USER:PASS[,...]|@FILE",
+                       help="require a login for every route but /ping (TRYON_AUTH)")
+    serve.add_argument("--gallery", choices=("own", "all"),
+                       help="own: each owner sees their own results; all: everyone sees all (TRYON_GALLERY)")
     serve.add_argument("--preload", dest="preload", action="store_const", const=True,
                        help="load the model at start (TRYON_PRELOAD=1)")
     serve.add_argument("--tiny-if-missing", action="store_true",
@@ -115,7 +119,7 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace) -> dict:
     names = ("volume", "tiny_models", "device", "dtype", "adapter_version", "steps", "guidance", "width", "height",
-             "host", "preload")
+             "host", "preload", "auth", "gallery")
     overrides = {name: getattr(args, name, None) for name in names}
     if args.command != "tiny-models":
         overrides["seed"] = getattr(args, "seed", None)
@@ -177,16 +181,10 @@ def _tiny_fallback(args: argparse.Namespace, settings: Settings) -> Settings:
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from app.server import port_from_env, serve
 
-    auth = None
-    if args.auth:
-        user, sep, password = args.auth.partition(":")
-        if not sep or not user or not password:
-            raise CliError("--auth must be USER:PASS, both non-empty.")
-        auth = (user, password)
     if args.tiny_if_missing:
         settings = _tiny_fallback(args, settings)
     port = args.port or port_from_env("PORT", 7860)
-    serve(settings, settings.host, port, share=args.share, auth=auth, health_port=port_from_env("PORT_HEALTH", None))
+    serve(settings, settings.host, port, share=args.share, health_port=port_from_env("PORT_HEALTH", None))
     return 0
 
 
@@ -232,6 +230,8 @@ def run_settings(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     for row in settings_table():
         value = getattr(settings, row["env"].removeprefix("TRYON_").lower())
+        if row["secret"] and value:
+            value = "(set)"  # never printed
         print(f"{row['env']:<24} {value!s:<52} {row['help']}")
     return 0
 

@@ -33,10 +33,10 @@ class SettingError(ValueError):
     """A setting has a value the app cannot use; the message names the variable and the fix."""
 
 
-def _setting(default, help, *, choices=(), minimum=None, maximum=None, multiple_of=None):
+def _setting(default, help, *, choices=(), minimum=None, maximum=None, multiple_of=None, secret=False):
     meta = {"help": help, "choices": tuple(choices), "minimum": minimum, "maximum": maximum,
-            "multiple_of": multiple_of}
-    return field(default=default, metadata=meta)
+            "multiple_of": multiple_of, "secret": secret}
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,17 @@ class Settings:
                               "(400) before any work.", minimum=1, maximum=100)
     save_inputs: bool = _setting(False, "Also keep the person, garment and mask images next to each result.")
     max_upload_mb: float = _setting(20.0, "Largest accepted upload or base64 image, in MB.", minimum=1.0)
-    host: str = _setting("0.0.0.0", "Address the server listens on (the port comes from PORT).")
+    host: str = _setting("127.0.0.1", "Address the server listens on (the port comes from PORT); the container's "
+                         "launcher passes 0.0.0.0.")
+    auth: str = _setting(
+        "", "Logins as user:password, comma-separated, or @FILE with one per line. When set, every route but /ping "
+        "needs a login (browser), HTTP Basic or an API key.", secret=True)
+    api_keys: str = _setting(
+        "", "API keys as name:key, comma-separated, or @FILE; sent as X-API-Key. The name owns the results (name a "
+        "key after a user to share that user's gallery).", secret=True)
+    gallery: str = _setting("own", "own: each owner sees only their own results; all: everyone let in sees every "
+                            "result (a team studio).", choices=("own", "all"))
+    input_dirs: str = _setting("inputs", "Volume folders that REST requests may read images from, comma-separated.")
     log_level: str = _setting("info", "Log level.", choices=("debug", "info", "warning", "error"))
 
     @classmethod
@@ -115,6 +125,20 @@ class Settings:
         if self.auto_download == "auto":
             return (self.volume or resolve_volume(None)) == LOCAL_VOLUME.resolve() and not self.tiny_models
         return self.auto_download == "1" and not self.tiny_models
+
+    @property
+    def input_folders(self) -> list[str]:
+        """TRYON_INPUT_DIRS as volume-relative folder names (checked: no absolute paths, no "..")."""
+        folders = []
+        for item in self.input_dirs.split(","):
+            folder = item.strip().strip("/")
+            if not folder:
+                continue
+            if item.strip().startswith("/") or ".." in Path(folder).parts or "\\" in folder:
+                raise SettingError(f"TRYON_INPUT_DIRS: {item.strip()!r} must be a folder inside the volume, "
+                                   "relative and without '..' (e.g. inputs).")
+            folders.append(folder)
+        return folders
 
     @property
     def adapter_folder(self) -> str:
@@ -207,9 +231,9 @@ def settings_table(launcher: bool = False) -> list[dict]:
         type_name = getattr(hints[f.name], "__name__", None) or "path"
         default = int(f.default) if isinstance(f.default, bool) else f.default
         rows.append({"env": env_name(f.name), "type": type_name, "default": default,
-                     "allowed": allowed, "help": meta["help"]})
+                     "allowed": allowed, "help": meta["help"], "secret": meta["secret"]})
     if launcher:
-        rows += [{"env": env, "type": "str", "default": default, "allowed": allowed, "help": help}
+        rows += [{"env": env, "type": "str", "default": default, "allowed": allowed, "help": help, "secret": False}
                  for env, default, allowed, help in LAUNCHER_SETTINGS]
     return rows
 
@@ -250,6 +274,6 @@ def _parse(f: dataclasses.Field, hint, raw, source: str):
         if text.lower() not in meta["choices"]:
             raise fail("one of " + ", ".join(meta["choices"]))
         return text.lower()
-    if not text:
+    if not text and not meta["secret"]:
         raise fail("a non-empty value")
     return text

@@ -23,3 +23,16 @@ class ModelLoadError(RuntimeError):
 
 class ParserUnavailable(ModelLoadError):
     """The human parser's weights are not on the volume: auto masks are off, drawing still works."""
+
+
+class ApiError(Exception):
+    """An answer of the REST API other than success: HTTP status, a stable code, and the message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_body(code: str, message: str) -> dict:
+    """The one error shape of the whole API."""
+    return {"error": {"code": code, "message": message}}

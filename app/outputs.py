@@ -1,36 +1,65 @@
-"""The results store on the volume: outputs/YYYY-MM-DD/<time>-<id>.png plus a .json sidecar.
+"""The results store on the volume, one folder per owner, one subfolder per month:
 
-Files are written under temporary names and renamed; the sidecar is written last and is what
-makes a result visible, so a crash never leaves a half result in the gallery.
+    outputs/<owner key>/<YYYY-MM>/<YYYYMMDD>-<HHMMSSffffff>-<worker>-<random>.png   the image
+                                  <same name>.json                                  its sidecar
+
+The owner key is a hash of the owner ("user:alice", "visitor:<id>", ...), so a page of one owner's
+results costs a listing of their month folders plus the sidecars shown, however many results other
+owners have. A result's id is its file name plus the owner key: ids sort by time, name the worker
+that made them (several server processes share a volume without colliding), and say where the files
+are without searching. Files are written under temporary names and renamed; the sidecar is written
+last and is what makes a result visible, so a crash never leaves a half result in a gallery.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import secrets
 import tempfile
-import uuid
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from heapq import merge
 from pathlib import Path
 
 from PIL import Image
 
-# The time part carries microseconds, so names sort in creation order without a stat per file.
-RESULT_ID = re.compile(r"^\d{4}-\d{2}-\d{2}/\d{12}-[0-9a-f]{8}$")
+log = logging.getLogger(__name__)
+
+LEGACY_OWNER = "legacy"  # results made before results had owners (outputs/YYYY-MM-DD/)
+STEM = re.compile(r"^(\d{4})(\d{2})\d{2}-\d{12}-[0-9a-f]{6}-[0-9a-f]{6}$")
+RESULT_ID = re.compile(r"^(?P<stem>\d{8}-\d{12}-[0-9a-f]{6}-[0-9a-f]{6})-(?P<owner>[0-9a-f]{16})$")
+OWNER_KEY = re.compile(r"^[0-9a-f]{16}$")
+MONTH = re.compile(r"^\d{4}-\d{2}$")
+LEGACY_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+LEGACY_NAME = re.compile(r"^(\d{12})-([0-9a-f]{8})$")
+TEMP_MAX_AGE_S = 3600.0
 
 
 @dataclass(frozen=True)
 class SavedResult:
-    id: str  # "YYYY-MM-DD/HHMMSSffffff-xxxxxxxx"
+    id: str
     image_path: Path
     metadata: dict
 
     @property
     def sidecar_path(self) -> Path:
         return self.image_path.with_suffix(".json")
+
+
+def public_metadata(metadata: dict) -> dict:
+    """A sidecar as callers see it: without the owner (a visitor's id stays with its cookie)."""
+    return {key: value for key, value in metadata.items() if key not in ("owner", "session")}
+
+
+def owner_key(owner: str) -> str:
+    return hashlib.sha256(owner.encode()).hexdigest()[:16]
 
 
 def image_digest(image: Image.Image) -> str:
@@ -45,21 +74,54 @@ class ResultStore:
         self.outputs_dir = Path(outputs_dir)
         self.volume_root = Path(volume_root)
         self.save_inputs = save_inputs
+        self.worker = secrets.token_hex(3)  # this process; with the time and a random part, ids never collide
+        self._clock = threading.Lock()
+        self._last = datetime.min.replace(tzinfo=timezone.utc)
+
+    # -- names ----------------------------------------------------------------------------------
+
+    def path_for_new(self, owner: str, created: datetime, worker: str | None = None,
+                     suffix: str | None = None) -> Path:
+        stem = f"{created:%Y%m%d-%H%M%S%f}-{worker or self.worker}-{suffix or secrets.token_hex(3)}"
+        return self.outputs_dir / owner_key(owner) / f"{created:%Y-%m}" / f"{stem}.png"
+
+    @staticmethod
+    def id_of(image_path: Path) -> str:
+        return f"{image_path.stem}-{image_path.parent.parent.name}"
+
+    def path_of(self, result_id: str) -> Path | None:
+        """The image path an id names, or None when it is not an id."""
+        match = RESULT_ID.match(result_id or "")
+        if not match:
+            return None
+        stem = match["stem"]
+        return self.outputs_dir / match["owner"] / f"{stem[:4]}-{stem[4:6]}" / f"{stem}.png"
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.volume_root).as_posix()
+
+    def _now(self) -> datetime:
+        """Strictly increasing within this process, so its ids sort in the order results were made."""
+        with self._clock:
+            now = max(datetime.now(timezone.utc), self._last + timedelta(microseconds=1))
+            self._last = now
+            return now
+
+    # -- writing --------------------------------------------------------------------------------
 
     def save(self, image: Image.Image, metadata: dict, inputs: dict[str, Image.Image] | None = None,
-             session: str | None = None) -> SavedResult:
-        now = datetime.now(timezone.utc)
-        result_id = f"{now:%Y-%m-%d}/{now:%H%M%S%f}-{uuid.uuid4().hex[:8]}"
-        folder = self.outputs_dir / result_id.split("/")[0]
-        folder.mkdir(parents=True, exist_ok=True)
-        image_path = self.outputs_dir / f"{result_id}.png"
+             owner: str = "anon") -> SavedResult:
+        now = self._now()
+        image_path = self.path_for_new(owner, now)
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        result_id = self.id_of(image_path)
         record = {
             **metadata,
             "id": result_id,
             "created": now.isoformat(timespec="seconds"),
             "image": self.relative(image_path),
             "size": [image.width, image.height],
-            "session": session,
+            "owner": owner,
             "inputs": {role: image_digest(img) for role, img in (inputs or {}).items()},
         }
         written: list[Path] = []
@@ -81,28 +143,46 @@ class ResultStore:
             raise
         return SavedResult(result_id, image_path, record)
 
-    def list(self, session: str | None = None, offset: int = 0, limit: int = 24,
-             only_session: bool = False) -> tuple[list[SavedResult], int]:
-        """Complete results (those with a sidecar), newest first, and how many there are.
+    # -- reading --------------------------------------------------------------------------------
 
-        Without ``only_session`` only the requested page's sidecars are read: a gallery page costs
-        one directory listing plus ``limit`` reads on the volume, however many results it holds.
-        """
-        sidecars = sorted((p for p in self.outputs_dir.glob("????-??-??/*.json") if not p.name.startswith(".")),
-                          key=lambda p: (p.parent.name, p.name), reverse=True)
-        if not only_session:
-            page = [r for r in (self._load(p) for p in sidecars[offset:offset + limit]) if r is not None]
-            return page, len(sidecars)
-        found = [r for r in map(self._load, sidecars) if r is not None and r.metadata.get("session") == session]
-        return found[offset:offset + limit], len(found)
+    def list(self, owner: str | None, offset: int = 0, limit: int = 24) -> tuple[list[SavedResult], int]:
+        """``owner``'s complete results (those with a sidecar), newest first, and how many there are;
+        everyone's when ``owner`` is None. Costs one listing per month folder of the owner (of every
+        owner when None) plus the sidecars of the page."""
+        if owner is None:
+            keys = sorted(p.name for p in scandir_dirs(self.outputs_dir) if OWNER_KEY.match(p.name))
+        else:
+            keys = [owner_key(owner)]
+        per_owner = [self._names(key) for key in keys]
+        total = sum(len(names) for names in per_owner)
+        newest_first = merge(*per_owner, key=lambda item: item[0], reverse=True)
+        page = []
+        for index, (_stem, sidecar) in enumerate(newest_first):
+            if index >= offset + limit:
+                break
+            if index >= offset:
+                result = self._load(sidecar)
+                if result is not None:
+                    page.append(result)
+        return page, total
 
-    def get(self, result_id: str) -> SavedResult | None:
-        if not RESULT_ID.match(result_id):
+    def get(self, result_id: str, owner: str | None) -> SavedResult | None:
+        """The result with this id if ``owner`` may see it (anyone's when ``owner`` is None), else None."""
+        image_path = self.path_of(result_id)
+        if image_path is None or (owner is not None and image_path.parent.parent.name != owner_key(owner)):
             return None
-        return self._load(self.outputs_dir / f"{result_id}.json")
+        return self._load(image_path.with_suffix(".json"))
 
-    def relative(self, path: Path) -> str:
-        return path.relative_to(self.volume_root).as_posix()
+    def _names(self, key: str) -> list[tuple[str, Path]]:
+        """(stem, sidecar) of one owner's complete-looking results, newest first."""
+        names: list[tuple[str, Path]] = []
+        folder = self.outputs_dir / key
+        for month in sorted((p.name for p in scandir_dirs(folder) if MONTH.match(p.name)), reverse=True):
+            month_dir = folder / month
+            stems = sorted((name[:-5] for name in listdir(month_dir)
+                            if name.endswith(".json") and STEM.match(name[:-5])), reverse=True)
+            names.extend((stem, month_dir / f"{stem}.json") for stem in stems)
+        return names
 
     def _load(self, sidecar: Path) -> SavedResult | None:
         image_path = sidecar.with_suffix(".png")
@@ -112,10 +192,100 @@ class ResultStore:
             return None
         if not image_path.is_file():
             return None
-        return SavedResult(metadata.get("id", ""), image_path, metadata)
+        return SavedResult(self.id_of(image_path), image_path, metadata)
+
+    # -- upkeep at start --------------------------------------------------------------------------
+
+    def sweep_temp(self, max_age_s: float = TEMP_MAX_AGE_S) -> int:
+        """Remove temporary files older than ``max_age_s`` (writes that died); returns how many."""
+        cutoff = time.time() - max_age_s
+        removed = 0
+        for folder in self._all_month_dirs():
+            for name in listdir(folder):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    path = folder / name
+                    try:
+                        if path.stat().st_mtime < cutoff:
+                            path.unlink()
+                            removed += 1
+                    except FileNotFoundError:
+                        pass  # another worker swept it
+        if removed:
+            log.info("removed %d temporary files older than %d s from %s", removed, max_age_s, self.outputs_dir)
+        return removed
+
+    def migrate_legacy(self) -> int:
+        """Move results of the layout before owners (outputs/YYYY-MM-DD/<time>-<id>.png) to the owner
+        "legacy", keeping their time. Safe to run from several workers at once; returns how many moved."""
+        moved = 0
+        for day in sorted(p for p in scandir_dirs(self.outputs_dir) if LEGACY_DAY.match(p.name)):
+            for name in sorted(listdir(day)):
+                match = LEGACY_NAME.match(name.removesuffix(".json"))
+                if name.endswith(".json") and match and self._migrate_one(day, match):
+                    moved += 1
+            try:
+                day.rmdir()  # only when empty: unknown files stay where they are
+            except OSError:
+                pass
+        if moved:
+            log.info("moved %d results of the old layout under the owner %r", moved, LEGACY_OWNER)
+        return moved
+
+    def _migrate_one(self, day: Path, match: re.Match) -> bool:
+        old_json = day / f"{match[0]}.json"
+        try:
+            record = json.loads(old_json.read_text())
+        except FileNotFoundError:
+            return False  # another worker moved it
+        except (OSError, ValueError):
+            return False  # unreadable: left in place for a person to look at
+        created = datetime.strptime(f"{day.name} {match[1]}", "%Y-%m-%d %H%M%S%f").replace(tzinfo=timezone.utc)
+        image_path = self.path_for_new(LEGACY_OWNER, created, worker="000000", suffix=match[2][:6])
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        moves = [(day / f"{match[0]}.png", image_path)]
+        moves += [(day / name, image_path.with_name(f"{image_path.stem}{name.removeprefix(match[0])}"))
+                  for name in listdir(day) if name.startswith(f"{match[0]}.") and name.endswith(".png")
+                  and name != f"{match[0]}.png"]
+        for source, target in moves:
+            try:
+                os.replace(source, target)
+            except FileNotFoundError:
+                pass  # moved by another worker, or never written
+        if not image_path.is_file():
+            return False
+        record.pop("session", None)
+        record.update(id=self.id_of(image_path), owner=LEGACY_OWNER, image=self.relative(image_path))
+        if "input_files" in record:
+            record["input_files"] = {role: self.relative(image_path.with_name(f"{image_path.stem}.{role}.png"))
+                                     for role in record["input_files"]}
+        body = json.dumps(record, indent=2, sort_keys=True).encode()
+        write_atomically(image_path.with_suffix(".json"), lambda handle: handle.write(body))
+        old_json.unlink(missing_ok=True)
+        return True
+
+    def _all_month_dirs(self) -> Iterator[Path]:
+        for owner_dir in scandir_dirs(self.outputs_dir):
+            if OWNER_KEY.match(owner_dir.name):
+                yield from (p for p in scandir_dirs(owner_dir) if MONTH.match(p.name))
+
+
+def scandir_dirs(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as entries:
+            return [Path(entry.path) for entry in entries if entry.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def listdir(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def write_atomically(path: Path, write) -> None:
+    """Write through a temporary file in the same folder (unique per process and call), then rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -127,4 +297,3 @@ def write_atomically(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-

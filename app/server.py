@@ -18,38 +18,33 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.access import Access, Identity
 from app.config import Settings
 from app.engine import FAILED, READY, Engine
-from app.errors import ModelLoadError, TryOnInputError
+from app.errors import ApiError, ModelLoadError, TryOnInputError, error_body
+from app.guard import Guard, add_login_routes, gradio_user, identity_of
 from app.imaging import decode_image
 from app.outputs import ResultStore, SavedResult
+from app.results_api import add_results_routes
 from app.service import BatchItem, BusyError, TryOnOptions, TryOnService
 
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def error_body(code: str, message: str) -> dict:
-    """The one error shape of the whole API."""
-    return {"error": {"code": code, "message": message}}
-
-
 class ImageRef(BaseModel):
+    """One of: a path under the input folders, base64 (optionally a data: URL), or one's own result's id."""
     model_config = ConfigDict(extra="forbid")
     path: str | None = None
     base64: str | None = None
+    result: str | None = None
 
 
 ImageInput = str | ImageRef
 
 
 class TryOnBody(BaseModel):
-    """POST /v1/tryon. Images are volume-relative paths ("inputs/me.jpg") or {"base64": "..."}.
+    """POST /v1/tryon. Images are paths under the input folders ("inputs/me.jpg"), {"base64": "..."} or
+    {"result": "<id>"} (one of the caller's own results).
 
     A list of persons and/or garments (or ``seeds``) asks for a batch: every person with every garment
     (with every seed), persons outermost; ``mask`` is then one for all persons or a list, one per person.
@@ -85,14 +80,19 @@ def ping_status(settings: Settings, engine: Engine) -> int:
 
 
 def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = True,
-               auth: tuple[str, str] | None = None, per_session_gallery: bool = False) -> FastAPI:
+               access: Access | None = None) -> FastAPI:
+    """The whole server behind one guard (app.guard): every route but /ping needs what ``access`` asks."""
+    settings.input_folders  # noqa: B018 (a bad TRYON_INPUT_DIRS fails at start, not on the first request)
+    access = access or Access.from_settings(settings)
     engine = engine or Engine(settings)
     store = ResultStore(settings.layout.outputs, settings.layout.root, save_inputs=settings.save_inputs)
     service = TryOnService(settings, engine, store)
     app = FastAPI(title="catvton-volume", docs_url="/v1/docs", openapi_url="/v1/openapi.json", redoc_url=None)
-    app.state.settings, app.state.engine, app.state.service = settings, engine, service
+    app.state.settings, app.state.engine, app.state.service, app.state.access = settings, engine, service, access
     add_health_routes(app, settings, engine)
+    add_login_routes(app, access)
     add_api_routes(app, settings, service)
+    add_results_routes(app, service.store, access)
     add_error_handlers(app)
     if ui:
         import gradio as gr
@@ -100,11 +100,12 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
         from app.ui import build_ui
         from app.ui_panels import STUDIO_CSS
 
-        blocks = build_ui(service, settings, per_session_gallery=per_session_gallery)
+        blocks = build_ui(service, settings, access)
         blocks.queue(max_size=settings.queue_max, default_concurrency_limit=1)
-        app = gr.mount_gradio_app(app, blocks, path="/", auth=auth, show_error=True, footer_links=["api"],
-                                  css=STUDIO_CSS,
+        app = gr.mount_gradio_app(app, blocks, path="/", auth_dependency=gradio_user, show_error=True,
+                                  footer_links=["api"], css=STUDIO_CSS,
                                   max_file_size=int(settings.max_upload_mb * 1_000_000))
+    app.add_middleware(Guard, access=access)
     return app
 
 
@@ -124,17 +125,24 @@ def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> N
         return {"engine": service.engine.status().as_dict(), "queue": service.queue_state()}
 
     @app.post("/v1/tryon")
-    def tryon(body: TryOnBody) -> dict:
+    def tryon(body: TryOnBody, request: Request) -> dict:
+        caller = identity_of(request)
+        reader = ImageReader(settings, service.store, caller, listing_owner(request))
         if body.seeds is not None or any(isinstance(v, list) for v in (body.person, body.garment, body.mask)):
-            return tryon_batch(settings, service, body)
-        person = load_image(settings, body.person, "person")
-        garment = load_image(settings, body.garment, "garment")
+            return tryon_batch(settings, service, body, reader, caller)
+        person = reader.load(body.person, "person")
+        garment = reader.load(body.garment, "garment")
         if body.mask is None or body.mask == "auto":
             mask = body.mask
         else:
-            mask = load_image(settings, body.mask, "mask")
-        saved = service.run(person, garment, mask, request_options(settings, body), session="api")
+            mask = reader.load(body.mask, "mask")
+        saved = service.run(person, garment, mask, request_options(settings, body), owner=caller.owner)
         return result_answer(saved, body.return_image)
+
+
+def listing_owner(request: Request) -> str | None:
+    """Whose results the caller may read: their own, or everyone's (None) with TRYON_GALLERY=all."""
+    return request.app.state.access.listing_owner(identity_of(request))
 
 
 def request_options(settings: Settings, body: TryOnBody) -> TryOnOptions:
@@ -158,7 +166,8 @@ def result_answer(saved: SavedResult, return_image: bool) -> dict:
     return answer
 
 
-def tryon_batch(settings: Settings, service: TryOnService, body: TryOnBody) -> dict:
+def tryon_batch(settings: Settings, service: TryOnService, body: TryOnBody, reader: ImageReader,
+                caller: Identity) -> dict:
     """persons x garments x seeds, in that nesting order; the batch size is checked before any image is read."""
     persons = body.person if isinstance(body.person, list) else [body.person]
     garments = body.garment if isinstance(body.garment, list) else [body.garment]
@@ -180,7 +189,7 @@ def tryon_batch(settings: Settings, service: TryOnService, body: TryOnBody) -> d
     def load_all(refs: list, role: str) -> list:
         numbered = len(refs) > 1 or isinstance(getattr(body, role), list)
         return [ref if ref is None or ref == "auto" else
-                load_image(settings, ref, f"{role} {number}" if numbered else role)
+                reader.load(ref, f"{role} {number}" if numbered else role)
                 for number, ref in enumerate(refs, 1)]
 
     person_images = load_all(persons, "person")
@@ -193,7 +202,7 @@ def tryon_batch(settings: Settings, service: TryOnService, body: TryOnBody) -> d
              for person, mask in zip(person_images, masks, strict=True)
              for garment in garment_images
              for seed in seeds]
-    saved = service.run_batch(items, request_options(settings, body), session="api")
+    saved = service.run_batch(items, request_options(settings, body), owner=caller.owner)
     return {"batch": saved[0].metadata["batch"]["id"],
             "results": [result_answer(result, body.return_image) for result in saved]}
 
@@ -233,41 +242,71 @@ def add_error_handlers(app: FastAPI) -> None:
         return reply(500, "internal", f"unexpected server error ({type(exc).__name__}); see the server log")
 
 
-def load_image(settings: Settings, ref, role: str):
-    """An image given as a volume-relative path or as base64, with every size and path check."""
-    limit = int(settings.max_upload_mb * 1_000_000)
-    if isinstance(ref, str):
-        ref = ImageRef(path=ref)
-    if (ref.path is None) == (ref.base64 is None):
-        raise ApiError(400, "invalid_request", f"{role}: give exactly one of a volume-relative path or base64.")
-    if ref.base64 is not None:
-        text = ref.base64.partition(",")[2] if ref.base64.startswith("data:") else ref.base64
-        if len(text) * 3 // 4 > limit:
-            raise ApiError(413, "too_large", f"{role} image is over {settings.max_upload_mb:g} MB; send a smaller one.")
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(400, "bad_base64", f"{role}: the base64 text is not valid base64.") from None
-    else:
-        path = resolve_in_volume(settings.layout.root, ref.path, role)
-        if path.stat().st_size > limit:
-            raise ApiError(413, "too_large", f"{role} image {ref.path} is over {settings.max_upload_mb:g} MB.")
-        data = path.read_bytes()
-    return decode_image(data, role)
+class ImageReader:
+    """Images of one request: base64, a path under the input folders, or a result the caller may see."""
+
+    def __init__(self, settings: Settings, store: ResultStore, caller: Identity, results_owner: str | None):
+        self.settings, self.store, self.caller, self.results_owner = settings, store, caller, results_owner
+
+    def load(self, ref, role: str):
+        settings = self.settings
+        limit = int(settings.max_upload_mb * 1_000_000)
+        if isinstance(ref, str):
+            ref = ImageRef(path=ref)
+        if sum(value is not None for value in (ref.path, ref.base64, ref.result)) != 1:
+            raise ApiError(400, "invalid_request", f"{role}: give exactly one of a path under the input folders, "
+                           "base64, or the id of one of your results.")
+        if ref.base64 is not None:
+            text = ref.base64.partition(",")[2] if ref.base64.startswith("data:") else ref.base64
+            if len(text) * 3 // 4 > limit:
+                raise ApiError(413, "too_large", f"{role} image is over {settings.max_upload_mb:g} MB; send a "
+                               "smaller one.")
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise ApiError(400, "bad_base64", f"{role}: the base64 text is not valid base64.") from None
+        elif ref.result is not None:
+            saved = self.store.get(ref.result, self.results_owner)
+            if saved is None:
+                raise ApiError(404, "not_found", f"{role}: no result {ref.result[:80]!r} among yours.")
+            data = read_file(saved.image_path, role, ref.result)
+        else:
+            path = resolve_input(settings.layout.root, settings.input_folders, ref.path, role)
+            if path.stat().st_size > limit:
+                raise ApiError(413, "too_large", f"{role} image {ref.path} is over {settings.max_upload_mb:g} MB.")
+            data = read_file(path, role, ref.path)
+        return decode_image(data, role)
 
 
-def resolve_in_volume(volume: Path, relative: str, role: str) -> Path:
-    """``relative`` inside the volume: no absolute paths, no "..", no symlink that leads outside."""
+def read_file(path: Path, role: str, shown: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ApiError(404, "not_found", f"{role}: {shown[:80]!r} cannot be read ({exc.strerror or exc}).") from None
+
+
+def resolve_input(volume: Path, folders: list[str], relative: str, role: str) -> Path:
+    """``relative`` inside one of the input folders of the volume: no absolute paths, no "..", no symlink
+    that leads elsewhere; never outputs/, models/ or envs/ (results are reused by id)."""
+    shown = relative[:80]
+    where = ", ".join(f"{folder}/" for folder in folders) or "(none: TRYON_INPUT_DIRS is empty)"
     pure = PurePosixPath(relative)
     if not relative or "\x00" in relative or pure.is_absolute() or ".." in pure.parts or "\\" in relative:
-        raise ApiError(400, "bad_path", f"{role} path {relative!r} must be relative to the volume, without '..' "
+        raise ApiError(400, "bad_path", f"{role} path {shown!r} must be relative to the volume, without '..' "
                        "(e.g. \"inputs/person.jpg\").")
-    root = volume.resolve()
-    path = (root / pure).resolve()
-    if not path.is_relative_to(root):
-        raise ApiError(400, "bad_path", f"{role} path {relative!r} leads outside the volume.")
-    if not path.is_file():
-        raise ApiError(404, "not_found", f"{role} path {relative!r} is not a file on the volume.")
+    try:
+        root = volume.resolve()
+        path = (root / pure).resolve()
+        allowed = [(root / folder).resolve() for folder in folders]
+        inside = any(path.is_relative_to(folder) for folder in allowed)
+        exists = inside and path.is_file()
+    except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
+        raise ApiError(400, "bad_path", f"{role} path {shown!r} cannot be used ({type(exc).__name__}).") from None
+    if not inside:
+        raise ApiError(400, "bad_path", f"{role} path {shown!r} is not under the input folders ({where}; "
+                       "TRYON_INPUT_DIRS). To use one of your results, send {\"result\": \"<id>\"}.")
+    if not exists:
+        raise ApiError(404, "not_found", f"{role} path {shown!r} is not a file on the volume.")
     return path
 
 
@@ -278,13 +317,17 @@ def health_only_app(settings: Settings, engine: Engine) -> FastAPI:
     return app
 
 
-def serve(settings: Settings, host: str, port: int, share: bool = False, auth: tuple[str, str] | None = None,
-          health_port: int | None = None) -> None:
+def serve(settings: Settings, host: str, port: int, share: bool = False, health_port: int | None = None) -> None:
     import uvicorn
 
     engine = Engine(settings)
-    app = create_app(settings, engine, auth=auth, per_session_gallery=share and auth is None)
+    app = create_app(settings, engine)
     engine.start()
+    threading.Thread(target=tidy_results, args=(app.state.service.store,), name="results-upkeep", daemon=True).start()
+    if share and not app.state.access.required:
+        log.warning("the public share link has no login (--auth): anyone with it can run try-ons; each visitor "
+                    "sees only their own results%s", "" if settings.gallery == "own" else
+                    " -- no: TRYON_GALLERY=all shows every result to everyone")
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=settings.log_level,
                                            timeout_graceful_shutdown=5))
     if health_port and health_port != port:
@@ -294,10 +337,27 @@ def serve(settings: Settings, host: str, port: int, share: bool = False, auth: t
         log.info("/ping also on port %d", health_port)
     if share:
         threading.Thread(target=_open_share_link, args=(server, port), name="share-link", daemon=True).start()
-    shown = "localhost" if host in ("0.0.0.0", "::", "") else host
-    print(f"Try-on studio: http://{shown}:{port}/  (REST: /v1/tryon, health: /ping, volume: {settings.layout.root})",
-          flush=True)
+    print(listening_line(host, port, settings), flush=True)
     server.run()
+
+
+def listening_line(host: str, port: int, settings: Settings) -> str:
+    """Where the server really listens, said plainly: all interfaces are not "localhost"."""
+    every = host in ("0.0.0.0", "::", "")
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    where = (f"{url} on every network interface (reachable from other machines; this one: http://127.0.0.1:{port}/)"
+             if every else url)
+    return (f"Try-on studio: {where}  (REST: /v1/tryon, health: /ping, volume: {settings.layout.root}, "
+            f"{'logins required' if settings.auth else 'no login'})")
+
+
+def tidy_results(store: ResultStore) -> None:
+    """At start, off the serving path: results of the layout before owners moved, dead temporary files swept."""
+    try:
+        store.migrate_legacy()
+        store.sweep_temp()
+    except OSError as exc:
+        log.warning("could not tidy %s (%s); results are still served", store.outputs_dir, exc)
 
 
 def _open_share_link(server, port: int) -> None:

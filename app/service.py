@@ -114,16 +114,16 @@ class TryOnService:
             return {"waiting": self._waiting, "running": self._gpu.locked(), "max": self.settings.queue_max}
 
     def run(self, person: Image.Image, garment: Image.Image, mask: Image.Image | str | None, options: TryOnOptions,
-            session: str | None = None, progress: Callable[[int, int], None] | None = None,
+            owner: str = "anon", progress: Callable[[int, int], None] | None = None,
             mask_tools_applied: bool = False) -> SavedResult:
         """One try-on, saved. ``mask_tools_applied``: the mask already carries ``options``' grow and longer
         (the studio shows the adjusted mask and sends what it shows); they are recorded, not applied again."""
         options.check()
         check_mask(person, mask)
         job = self._prepare(person, garment, mask, options, mask_tools_applied)
-        return self._generate(job, session, progress, new_request=True)
+        return self._generate(job, owner, progress, new_request=True)
 
-    def run_batch(self, items: list[BatchItem], options: TryOnOptions, session: str | None = None,
+    def run_batch(self, items: list[BatchItem], options: TryOnOptions, owner: str = "anon",
                   progress: Callable[[int, int], None] | None = None,
                   mask_tools_applied: bool = False) -> list[SavedResult]:
         """Several try-ons in order, each saved as ``run()`` saves one, with ``"batch"`` in its metadata.
@@ -163,7 +163,7 @@ class TryOnService:
         try:
             for index, job in enumerate(jobs):
                 item_progress = None if progress is None else batch_progress(progress, done, total)
-                saved.append(self._generate(job, session, item_progress, new_request=index == 0,
+                saved.append(self._generate(job, owner, item_progress, new_request=index == 0,
                                             batch={"id": batch_id, "index": index, "size": count}))
                 done += job.options.steps
         except BaseException as exc:
@@ -207,7 +207,7 @@ class TryOnService:
                 self._waiting -= 1
         return time.perf_counter() - queued
 
-    def _generate(self, job: _Job, session: str | None, progress: Callable[[int, int], None] | None,
+    def _generate(self, job: _Job, owner: str, progress: Callable[[int, int], None] | None,
                   new_request: bool, batch: dict | None = None) -> SavedResult:
         """One prepared try-on through the GPU (lock held for the generation only), pasted back and saved."""
         options = job.options
@@ -235,7 +235,7 @@ class TryOnService:
         if batch is not None:
             metadata["batch"] = batch
         saved = self.store.save(image, metadata, inputs={"person": job.person, "garment": job.garment,
-                                                         "mask": job.mask}, session=session)
+                                                         "mask": job.mask}, owner=owner)
         log.info("try-on %s: seed %d, %.1f s", saved.id, result.seed, result.timings["total"])
         return saved
 

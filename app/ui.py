@@ -14,14 +14,17 @@ import time
 import gradio as gr
 from PIL import Image
 
+from app.access import Access
 from app.config import Settings
 from app.editor import mask_layer, redraw_auto
 from app.errors import GenerationCancelled
 from app.examples import example_garments, example_people
+from app.guard import request_owner
 from app.masking import apply_tools
+from app.outputs import public_metadata
 from app.service import SIZES, TryOnOptions, TryOnService
 from app.ui_api import add_api_endpoints
-from app.ui_gallery import form_values, gallery_page, public_metadata, summary
+from app.ui_gallery import form_values, gallery_page, summary
 from app.ui_panels import editor_panel, gallery_panel, garment_panel, run_panel
 from app.ui_run import (
     USER_ERRORS,
@@ -76,16 +79,20 @@ def size_label(width: int, height: int) -> str:
     return f"{width} x {height}"
 
 
-def build_ui(service: TryOnService, settings: Settings, per_session_gallery: bool = False) -> gr.Blocks:
+def signed_in_line(request: gr.Request) -> str:
+    owner = request_owner(request)
+    if not owner.startswith("user:"):
+        return ""
+    return f"Signed in as **{owner.removeprefix('user:')}** · [Sign out](logout)"
+
+
+def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Blocks:
     defaults = TryOnOptions.defaults(settings)
     sizes = {size_label(w, h): (w, h) for w, h in SIZES.values()}
     default_size = size_label(defaults.width, defaults.height)
     if default_size not in sizes:
         sizes[default_size] = (defaults.width, defaults.height)
     people, garments = example_people(settings.layout.root), example_garments(settings.layout.root)
-
-    def owner(request: gr.Request | None) -> str | None:
-        return request.session_hash if request else None
 
     # -- the editor -----------------------------------------------------------------------------
 
@@ -160,7 +167,7 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
         started = time.perf_counter()
         done, total = 0, options.steps * count
         yield line(0.0, describe(service, 0, total, clock, started, count))
-        for event in run_in_thread(service, session, run, owner(request)):
+        for event in run_in_thread(service, session, run, request_owner(request)):
             kind = event[0]
             if kind == "step":
                 done, total = event[1], event[2]
@@ -205,7 +212,7 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
     # -- the gallery ----------------------------------------------------------------------------
 
     def page_of(page: int, request: gr.Request):
-        return gallery_page(service.store, owner(request), per_session_gallery, page)
+        return gallery_page(service.store, access.listing_owner(request_owner(request)), page)
 
     def first_page(request: gr.Request):
         return page_of(0, request)
@@ -216,8 +223,9 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
     def older_page(current: int, request: gr.Request):
         return page_of(current + 1, request)
 
-    def show_selected(session: Session, ids, event: gr.SelectData):
-        result = service.store.get(ids[event.index]) if ids and event.index < len(ids) else None
+    def show_selected(session: Session, ids, event: gr.SelectData, request: gr.Request):
+        result = (service.store.get(ids[event.index], access.listing_owner(request_owner(request)))
+                  if ids and event.index < len(ids) else None)
         if result is None:
             raise gr.Error("that result is no longer on the volume.")
         session.selected = result.metadata
@@ -233,11 +241,13 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
 
     # -- layout ---------------------------------------------------------------------------------
 
-    with gr.Blocks(title="CatVTON try-on studio") as demo:
+    # Uploads and served copies in Gradio's cache are deleted hourly once 12 hours old (all of them at restart).
+    with gr.Blocks(title="CatVTON try-on studio", delete_cache=(3600, 12 * 3600)) as demo:
         session = gr.State(Session())
         with gr.Row(equal_height=False):
             gr.Markdown("## Try-on studio", elem_id="title")
             status = gr.Markdown(status_text(service), elem_id="status")
+            who = gr.Markdown("", elem_id="who")
         with gr.Row(equal_height=False):
             person, auto, garment_type, grow, longer, mask_blur = editor_panel(defaults)
             (garment, person_examples, garment_examples, extra_garments, extra_persons,
@@ -251,7 +261,7 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
             editor_photo = gr.Image(type="pil", format="png", image_mode="RGB", elem_id="editor-photo")
             editor_layer = gr.Image(type="pil", format="png", image_mode="RGBA", elem_id="editor-layer")
 
-        add_api_endpoints(service, settings)
+        add_api_endpoints(service, settings, access)
 
         # -- events ----------------------------------------------------------------------------
         quiet = {"api_visibility": "private", "show_progress": "hidden"}
@@ -286,6 +296,7 @@ def build_ui(service: TryOnService, settings: Settings, per_session_gallery: boo
         keep_seed.click(same_seed, session, [random_seed, seed], **quiet)
 
         demo.load(first_page, None, page_outputs, **quiet).then(lambda: status_text(service), None, status, **quiet)
+        demo.load(signed_in_line, None, who, **quiet)
         newer.click(newer_page, page, page_outputs, **quiet)
         older.click(older_page, page, page_outputs, **quiet)
         gallery.select(show_selected, [session, ids], [selected, selected_summary, selected_meta, selected_row],

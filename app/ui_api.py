@@ -1,4 +1,4 @@
-"""Named Gradio endpoints for scripts (gradio_client): /tryon, /tryon_batch and /auto_mask.
+"""Named Gradio endpoints for scripts (gradio_client): /tryon, /tryon_batch, /auto_mask and /gallery.
 
 Each parameter is a labelled component with the right type (integers as integers, garment types as
 choices) and every optional one has a default, so ``client.view_api()`` documents the calls by itself.
@@ -9,20 +9,21 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image
 
+from app.access import Access
 from app.config import Settings
+from app.guard import request_owner as owner
+from app.outputs import public_metadata
+from app.results_api import PER_PAGE_MAX, results_page
 from app.service import GARMENT_TYPES, BatchItem, TryOnOptions, TryOnService
-from app.ui_gallery import public_metadata
+from app.ui_gallery import caption, thumbnail
 from app.ui_run import USER_ERRORS, read_uploads, saved_image, seeds_for
 
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 
 
-def add_api_endpoints(service: TryOnService, settings: Settings) -> None:
+def add_api_endpoints(service: TryOnService, settings: Settings, access: Access) -> None:
     """The hidden components and events of the script API; call inside the studio's Blocks."""
     defaults = TryOnOptions.defaults(settings)
-
-    def owner(request: gr.Request | None) -> str | None:
-        return request.session_hash if request else None
 
     def options(garment_type, steps, guidance, seed, width, height, mask_blur, mask_grow, longer, keep_photo):
         return TryOnOptions(garment_type=garment_type or "upper", steps=int(steps), guidance=float(guidance),
@@ -39,7 +40,7 @@ def add_api_endpoints(service: TryOnService, settings: Settings) -> None:
             saved = service.run(person.convert("RGB"), garment, "auto" if mask is None else mask,
                                 options(garment_type, steps, guidance, seed, width, height, mask_blur, mask_grow,
                                         longer, keep_photo),
-                                session=owner(request),
+                                owner=owner(request),
                                 progress=lambda step, total: progress((step, total), desc="Denoising"))
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from None
@@ -62,7 +63,7 @@ def add_api_endpoints(service: TryOnService, settings: Settings) -> None:
             items = [BatchItem(person, garment, painted[i] if painted else "auto", seed=s)
                      for i, person in enumerate(people) for garment in clothes for s in seeds]
             saved = service.run_batch(items, options(garment_type, steps, guidance, seed, width, height, mask_blur,
-                                                     mask_grow, longer, keep_photo), session=owner(request),
+                                                     mask_grow, longer, keep_photo), owner=owner(request),
                                       progress=lambda done, total: progress((done, total), desc="Denoising"))
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from None
@@ -76,6 +77,13 @@ def add_api_endpoints(service: TryOnService, settings: Settings) -> None:
             return service.auto_mask(person.convert("RGB"), garment_type or "upper", int(mask_grow), float(longer))
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from None
+
+    def gallery(page=1, per_page=12, request: gr.Request = None):
+        page, per_page = int(page or 1), int(per_page or 12)
+        if not 1 <= per_page <= PER_PAGE_MAX or page < 1:
+            raise gr.Error(f"page must be 1 or more and per_page from 1 to {PER_PAGE_MAX}.")
+        shown, answer = results_page(service.store, access.listing_owner(owner(request)), page, per_page)
+        return [(thumbnail(r, 512), caption(r.metadata)) for r in shown], answer
 
     def garment_type_input():
         return gr.Radio(list(GARMENT_TYPES), value="upper", label="garment_type")
@@ -108,7 +116,12 @@ def add_api_endpoints(service: TryOnService, settings: Settings) -> None:
         batch_out = [gr.Gallery(type="pil", format="png", label="results"), gr.JSON(label="metadata")]
         masking = [gr.Image(type="pil", label="person"), garment_type_input(), *size_and_tools(True)]
         mask_out = gr.Image(type="pil", format="png", image_mode="L", label="mask")
-        buttons = [gr.Button() for _ in range(3)]
+        paging = [gr.Number(value=1, precision=0, label="page (1: newest)"),
+                  gr.Number(value=12, precision=0, label=f"per_page (1-{PER_PAGE_MAX})")]
+        paging_out = [gr.Gallery(type="pil", format="png", label="results"),
+                      gr.JSON(label="page (results' metadata, page, pages, total, next_page)")]
+        buttons = [gr.Button() for _ in range(4)]
     buttons[0].click(tryon, single, single_out, api_name="tryon", **GPU)
     buttons[1].click(tryon_batch, batch, batch_out, api_name="tryon_batch", **GPU)
     buttons[2].click(auto_mask, masking, mask_out, api_name="auto_mask")
+    buttons[3].click(gallery, paging, paging_out, api_name="gallery")

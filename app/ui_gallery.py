@@ -53,22 +53,19 @@ def summary(metadata: dict) -> str:
     return "  \n".join(lines)
 
 
-def public_metadata(metadata: dict) -> dict:
-    return {k: v for k, v in metadata.items() if k != "session"}
-
-
 def thumbnail(result: SavedResult, size: int = 256) -> Image.Image:
     with Image.open(result.image_path) as image:
         return ImageOps.contain(image.convert("RGB"), (size, size))
 
 
-def gallery_page(store: ResultStore, owner: str | None, own_only: bool, page: int) -> tuple[list, list[str], int, str]:
-    """(items, ids, page, label) of ``page`` (0 = newest), clamped to the pages there are."""
-    results, total = store.list(session=owner, offset=page * PAGE_SIZE, limit=PAGE_SIZE, only_session=own_only)
+def gallery_page(store: ResultStore, owner: str | None, page: int) -> tuple[list, list[str], int, str]:
+    """(items, ids, page, label) of ``page`` (0 = newest) of ``owner``'s results (everyone's when None),
+    clamped to the pages there are."""
+    results, total = store.list(owner, offset=page * PAGE_SIZE, limit=PAGE_SIZE)
     pages = max(1, -(-total // PAGE_SIZE))
     if page > pages - 1:  # past the end (results were deleted, or "Older" on the last page)
         page = pages - 1
-        results, total = store.list(session=owner, offset=page * PAGE_SIZE, limit=PAGE_SIZE, only_session=own_only)
+        results, total = store.list(owner, offset=page * PAGE_SIZE, limit=PAGE_SIZE)
     items = [(thumbnail(result), caption(result.metadata)) for result in results]
     label = f"Page {page + 1} of {pages} · {total} result{'s' if total != 1 else ''}"
     return items, [r.id for r in results], page, label

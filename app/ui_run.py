@@ -168,7 +168,7 @@ def describe(service: TryOnService, done: int, total: int, clock: StepClock, sta
     return f"{what} {done}/{total}{eta}"
 
 
-def run_in_thread(service: TryOnService, session: Session, request: RunRequest, owner: str | None):
+def run_in_thread(service: TryOnService, session: Session, request: RunRequest, owner: str):
     """Start the try-ons in a worker thread; yields (done, total, results | None, error | None) as they go."""
     events: queue.Queue = queue.Queue()
 
@@ -180,7 +180,7 @@ def run_in_thread(service: TryOnService, session: Session, request: RunRequest, 
     def work() -> None:
         try:
             # Painted masks are sent as shown (tools already applied on screen); "auto" ones get them.
-            results = service.run_batch(request.items, request.options, session=owner, progress=progress,
+            results = service.run_batch(request.items, request.options, owner=owner, progress=progress,
                                         mask_tools_applied=True)
             events.put(("done", results))
         except BaseException as exc:  # reported to the page; the service keeps serving

@@ -33,6 +33,8 @@ read_settings() {
   REQUIREMENTS=${TRYON_REQUIREMENTS:-$LAUNCHER_DIR/requirements.txt}
   LOCK_STALE_S=${TRYON_LOCK_STALE_S:-300}
   BUILD_WAIT_S=${TRYON_BUILD_WAIT_S:-3600}
+  # In a container the server must listen on every interface (the app's own default is 127.0.0.1).
+  export TRYON_HOST=${TRYON_HOST:-0.0.0.0}
   [[ "$LOCK_STALE_S" =~ ^[0-9]+$ && "$LOCK_STALE_S" -ge 1 ]] \
     || die "TRYON_LOCK_STALE_S=$LOCK_STALE_S is not valid: use a whole number of seconds >= 1"
   [[ "$BUILD_WAIT_S" =~ ^[0-9]+$ ]] || die "TRYON_BUILD_WAIT_S=$BUILD_WAIT_S is not valid: use a whole number of seconds"
@@ -360,7 +362,7 @@ archive:      $ARCHIVE ($([ -f "$MANIFEST" ] && echo published || echo absent))
 would:        $action
 uv:           $(command -v uv || echo "not installed: would install it with pip")
 app source:   $APP_ORIGIN ($APP_SOURCE)
-command:      python -m app ${APP_ARGS[*]}
+command:      python -m app ${APP_ARGS[*]} (listening on $TRYON_HOST)
 EOF
 }
 

@@ -88,9 +88,11 @@ def test_rest_batch_of_two_garments_saves_both_with_batch_metadata(client, volum
         assert result["seed"] == 7 and (result["width"], result["height"]) == (64, 96)
         sidecar = json.loads((volume / result["output"]).with_suffix(".json").read_text())
         assert sidecar["batch"] == {"id": body["batch"], "index": index, "size": 2}
-        assert sidecar["seed"] == 7 and sidecar["settings"]["steps"] == 2 and sidecar["session"] == "api"
+        assert sidecar["seed"] == 7 and sidecar["settings"]["steps"] == 2
+        assert sidecar["owner"].startswith("anon:")  # no credentials: an owner of its own that nobody can list
         sidecars.append(sidecar)
     assert sorted(saved_pngs(volume)) == sorted(r["output"].removeprefix("outputs/") for r in body["results"])
+    assert sidecars[0]["owner"] == sidecars[1]["owner"]
     assert sidecars[0]["inputs"]["person"] == sidecars[1]["inputs"]["person"]
     assert sidecars[0]["inputs"]["garment"] != sidecars[1]["inputs"]["garment"]
     first, second = (volume / r["output"] for r in body["results"])

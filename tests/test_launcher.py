@@ -249,7 +249,8 @@ def test_plan_tells_and_changes_nothing(volume, requirements, tmp_path):
     assert done.returncode == 0, done.stderr
     assert snapshot(volume, local) == before and not local.exists()
     assert "would:        build runtime" in done.stdout
-    assert "app source:   volume" in done.stdout and "command:      python -m app serve" in done.stdout
+    assert "app source:   volume" in done.stdout
+    assert "command:      python -m app serve (listening on 0.0.0.0)" in done.stdout
 
     assert launch(volume, local, requirements).returncode == 0
     assert "would:        start warm" in launch(volume, local, requirements, "--plan").stdout

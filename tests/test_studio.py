@@ -70,8 +70,8 @@ def auto_reference(studio):
 # -- helpers ------------------------------------------------------------------------------------
 
 def results(volume: Path) -> list[Path]:
-    """Result sidecars, oldest first."""
-    return sorted((volume / "outputs").glob("*/*.json")) if (volume / "outputs").exists() else []
+    """Result sidecars (outputs/<owner>/<month>/<time>-....json), oldest first."""
+    return sorted((volume / "outputs").glob("*/*/*.json"), key=lambda p: p.name)
 
 
 def load_inputs(page, person=PERSON, garment=GARMENT):

@@ -1,0 +1,214 @@
+"""Who is calling, and whose results they may see; no web framework here (the doors are in app.guard).
+
+Owners of results:
+- ``user:<name>``: a login (browser, HTTP Basic) or an API key of that name;
+- ``visitor:<id>``: a browser without auth, identified by a cookie the server issues and signs;
+- ``anon:<id>``: a REST call without credentials, a fresh id per call, so nobody can list its results.
+
+Passwords and keys are compared in constant time. The cookie key lives on the volume
+(``.secrets/session.key``), so every worker of a volume accepts the same cookies across restarts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.config import SettingError, Settings
+
+log = logging.getLogger(__name__)
+
+COOKIE = "tryon_session"
+LOGIN_DAYS = 14
+VISITOR_DAYS = 365
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@-")
+
+
+@dataclass(frozen=True)
+class Identity:
+    owner: str
+    name: str  # what the page shows: the user or key name, "visitor" or "anonymous"
+    via: str  # "login", "basic", "api-key", "visitor" or "anonymous"
+
+    @property
+    def signed_in(self) -> bool:
+        return self.owner.startswith("user:")
+
+
+def parse_pairs(raw: str, source: str, what: str) -> dict[str, str]:
+    """``name:secret`` pairs, comma-separated or one per line in ``@FILE`` (blank lines and # comments skipped)."""
+    raw = raw.strip()
+    if not raw:
+        return {}
+    if raw.startswith("@"):
+        path = Path(raw[1:]).expanduser()
+        try:
+            items = [line.strip() for line in path.read_text().splitlines()]
+        except OSError as exc:
+            raise SettingError(f"{source}: cannot read {path} ({exc.strerror or exc}); give a readable file of "
+                               f"{what} pairs, one per line.") from None
+        items = [item for item in items if item and not item.startswith("#")]
+    else:
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+    pairs: dict[str, str] = {}
+    for number, item in enumerate(items, 1):
+        name, sep, secret = item.partition(":")
+        name = name.strip()
+        if not sep or not name or not secret:
+            raise SettingError(f"{source}: entry {number} is not {what} (NAME:SECRET, both non-empty); "
+                               "a secret with a comma belongs in a file given as @FILE.")
+        if not set(name) <= _NAME_CHARS or len(name) > 64:
+            raise SettingError(f"{source}: the name {name[:64]!r} may use only letters, digits and . _ @ - "
+                               "(64 at most).")
+        if name in pairs:
+            raise SettingError(f"{source}: {name!r} is given twice.")
+        pairs[name] = secret
+    return pairs
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Access:
+    def __init__(self, users: dict[str, str], keys: dict[str, str], secret: bytes, gallery: str = "own"):
+        self._users = {name: _digest(password) for name, password in users.items()}
+        self._keys = [(_digest(key), name) for name, key in keys.items()]
+        self._secret = secret
+        self.gallery = gallery
+
+    @classmethod
+    def from_settings(cls, settings: Settings, secret: bytes | None = None) -> Access:
+        users = parse_pairs(settings.auth, "TRYON_AUTH (--auth)", "a user:password login")
+        keys = parse_pairs(settings.api_keys, "TRYON_API_KEYS", "a name:key API key")
+        return cls(users, keys, secret if secret is not None else load_secret(settings.layout.root), settings.gallery)
+
+    @property
+    def required(self) -> bool:
+        """Logins are configured: nobody gets in without credentials."""
+        return bool(self._users)
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self._keys)
+
+    def listing_owner(self, identity_or_owner: Identity | str) -> str | None:
+        """Whose results this caller sees: their own, or everyone's (None) in a team studio."""
+        if self.gallery == "all":
+            return None
+        return identity_or_owner.owner if isinstance(identity_or_owner, Identity) else identity_or_owner
+
+    # -- credentials ----------------------------------------------------------------------------
+
+    def login(self, user: str, password: str, via: str = "login") -> Identity | None:
+        expected = self._users.get(user)
+        # The same work for unknown users, so timing tells nothing about which names exist.
+        matches = hmac.compare_digest(_digest(password), expected if expected is not None else _digest("\0" + user))
+        return Identity(f"user:{user}", user, via) if matches and expected is not None else None
+
+    def api_key(self, key: str) -> Identity | None:
+        given = _digest(key)
+        found = None
+        for digest, name in self._keys:  # every key compared, no early exit
+            if hmac.compare_digest(given, digest):
+                found = name
+        return None if found is None else Identity(f"user:{found}", found, "api-key")
+
+    def basic(self, header: str) -> Identity | None:
+        """The identity in an ``Authorization: Basic`` header value, or None when it does not hold."""
+        try:
+            user, sep, password = _unb64(header.split(" ", 1)[1].strip()).decode("utf-8").partition(":")
+        except (IndexError, ValueError, UnicodeDecodeError):
+            return None
+        return self.login(user, password, via="basic") if sep else None
+
+    # -- cookies --------------------------------------------------------------------------------
+
+    def new_visitor(self) -> Identity:
+        return Identity(f"visitor:{secrets.token_hex(12)}", "visitor", "visitor")
+
+    @staticmethod
+    def anonymous() -> Identity:
+        return Identity(f"anon:{secrets.token_hex(12)}", "anonymous", "anonymous")
+
+    def cookie_for(self, identity: Identity, now: float | None = None) -> str:
+        kind = "u" if identity.signed_in else "v"
+        value = identity.name if kind == "u" else identity.owner.removeprefix("visitor:")
+        payload = f"{kind}.{_b64(value.encode())}.{int(now if now is not None else time.time())}"
+        return f"{payload}.{self._sign(payload, kind, value)}"
+
+    def from_cookie(self, cookie: str, now: float | None = None) -> Identity | None:
+        """The identity a cookie carries if its signature holds, it has not expired and (for a login) the
+        user still exists with the same password; logins are not accepted as visitors or the other way."""
+        try:
+            kind, value_b64, issued, signature = cookie.split(".")
+            value = _unb64(value_b64).decode("utf-8")
+            age = (now if now is not None else time.time()) - int(issued)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        payload = f"{kind}.{value_b64}.{issued}"
+        if kind not in ("u", "v") or not hmac.compare_digest(signature, self._sign(payload, kind, value)):
+            return None
+        if kind == "u":
+            if self.required and value in self._users and -60 < age < LOGIN_DAYS * 86400:
+                return Identity(f"user:{value}", value, "login")
+            return None
+        if not self.required and -60 < age < VISITOR_DAYS * 86400 and len(value) == 24:
+            return Identity(f"visitor:{value}", "visitor", "visitor")
+        return None
+
+    def _sign(self, payload: str, kind: str, value: str) -> str:
+        # A login's signature covers the password: changing it ends that user's sessions.
+        bound = self._users.get(value, b"") if kind == "u" else b""
+        return _b64(hmac.new(self._secret, payload.encode() + b"\0" + bound, hashlib.sha256).digest()[:24])
+
+
+def load_secret(volume: Path) -> bytes:
+    """The cookie key of this volume, made once by whichever worker comes first (O_EXCL)."""
+    path = volume / ".secrets" / "session.key"
+    for _ in range(50):
+        try:
+            text = path.read_text().strip()
+            if len(text) == 64:
+                return bytes.fromhex(text)
+            if text:
+                raise ValueError("not 64 hex digits")
+        except FileNotFoundError:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(path.parent, 0o700)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue  # another worker is writing it: read it on the next round
+            except OSError as exc:
+                return _memory_secret(f"cannot write {path} ({exc.strerror or exc})")
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+                handle.flush()
+                os.fsync(handle.fileno())
+            continue
+        except (OSError, ValueError) as exc:
+            return _memory_secret(f"{path} is unusable ({exc}); delete it to make a new one")
+        time.sleep(0.02)  # the file exists and is being written
+    return _memory_secret(f"{path} stayed empty")
+
+
+def _memory_secret(reason: str) -> bytes:
+    log.warning("%s: cookies are signed with a key of this process only, so logins and visitor galleries "
+                "end when it restarts and other workers do not accept them", reason)
+    return secrets.token_bytes(32)
