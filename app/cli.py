@@ -225,7 +225,7 @@ def run_settings(args: argparse.Namespace, settings: Settings) -> int:
         print("| Variable | Default | Allowed | Meaning |")
         print("|---|---|---|---|")
         for row in rows:
-            default = "" if row["default"] is None else f"`{row['default']}`"
+            default = "" if row["default"] in (None, "") else f"`{row['default']}`"
             print(f"| `{row['env']}` | {default} | {row['allowed']} | {row['help']} |")
         return 0
     for row in settings_table():

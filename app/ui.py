@@ -8,6 +8,7 @@ concern: ``app.editor`` (the mask layer in photo coordinates), ``app.ui_run`` (r
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 
@@ -83,7 +84,8 @@ def signed_in_line(request: gr.Request) -> str:
     owner = request_owner(request)
     if not owner.startswith("user:"):
         return ""
-    return f"Signed in as **{owner.removeprefix('user:')}** · [Sign out](logout)"
+    name = html.escape(owner.removeprefix("user:"))
+    return f'Signed in as <b>{name}</b> · <a href="logout" target="_self">Sign out</a>'  # same tab, not a new one
 
 
 def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Blocks:
@@ -247,7 +249,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Bl
         with gr.Row(equal_height=False):
             gr.Markdown("## Try-on studio", elem_id="title")
             status = gr.Markdown(status_text(service), elem_id="status")
-            who = gr.Markdown("", elem_id="who")
+            who = gr.HTML("", elem_id="who")
         with gr.Row(equal_height=False):
             person, auto, garment_type, grow, longer, mask_blur = editor_panel(defaults)
             (garment, person_examples, garment_examples, extra_garments, extra_persons,

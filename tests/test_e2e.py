@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -32,36 +33,51 @@ def free_port() -> int:
 @contextmanager
 def launch_server(volume: Path, **env_overrides: str):
     """``python -m app serve --tiny`` on free loopback ports; yields its URLs once /ping answers 200."""
-    port, health_port = free_port(), free_port()
+    with launch_servers(volume, 1, **env_overrides) as servers:
+        yield servers[0]
+
+
+@contextmanager
+def launch_servers(volume: Path, count: int, **env_overrides: str):
+    """``count`` servers on one volume (as GPU workers behind a load balancer), started together."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRYON_")}
-    env.update(PYTHONPATH=str(ROOT), PORT_HEALTH=str(health_port), TRYON_DEVICE="cpu", TRYON_STEPS="10",
-               TRYON_WIDTH="384", TRYON_HEIGHT="512", TRYON_LOG_LEVEL="warning")
+    env.update(PYTHONPATH=str(ROOT), TRYON_DEVICE="cpu", TRYON_STEPS="10", TRYON_WIDTH="384", TRYON_HEIGHT="512",
+               TRYON_LOG_LEVEL="warning")
     env.update(env_overrides)
     started = time.monotonic()
-    # The server's output goes to a file: a pipe nobody reads fills up and blocks the server mid-test.
-    log_path = volume.parent / f"{volume.name}-server.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--tiny", "--volume", str(volume), "--host",
-                             "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    launched, logs = [], []
     try:
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the server did not answer /ping within 120 s"
-            try:
-                if httpx.get(f"{url}/ping", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        print(f"\nserve -> first 200 from /ping: {time.monotonic() - started:.2f} s")
-        yield {"url": url, "volume": volume, "health_url": f"http://127.0.0.1:{health_port}", "log": log_path}
+        for index in range(count):
+            port, health_port = free_port(), free_port()
+            # The server's output goes to a file: a pipe nobody reads fills up and blocks the server mid-test.
+            log_path = volume.parent / f"{volume.name}-server{'' if count == 1 else f'-{index}'}.log"
+            logs.append(open(log_path, "w"))  # noqa: SIM115 - closed in finally
+            proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--tiny", "--volume", str(volume),
+                                     "--host", "127.0.0.1", "--port", str(port)],
+                                    env={**env, "PORT_HEALTH": str(health_port)}, stdout=logs[-1],
+                                    stderr=subprocess.STDOUT, text=True)
+            launched.append((proc, {"url": f"http://127.0.0.1:{port}", "volume": volume, "log": log_path,
+                                    "health_url": f"http://127.0.0.1:{health_port}"}))
+        deadline = time.monotonic() + 120 + 30 * (count - 1)
+        for proc, server in launched:
+            while True:
+                assert proc.poll() is None, server["log"].read_text()
+                assert time.monotonic() < deadline, "the server did not answer /ping in time"
+                try:
+                    if httpx.get(f"{server['url']}/ping", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+        print(f"\nserve x{count} -> first 200 from /ping: {time.monotonic() - started:.2f} s")
+        yield [server for _proc, server in launched]
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
+        for proc, _server in launched:
+            proc.terminate()
+        for proc, _server in launched:
+            proc.wait(timeout=20)
+        for log in logs:
+            log.close()
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +179,75 @@ def test_api_errors_reach_the_client_and_result_files_are_not_served(server):
     for route in ("/gradio_api/file=", "/file="):
         response = httpx.get(f"{server['url']}{route}{saved[0]}", timeout=10)
         assert response.status_code in (403, 404), (route, response.status_code)
+
+
+def gallery_as(client: httpx.Client, session_hash: str) -> dict:
+    """The /gallery endpoint called raw (queue/join + the event stream) under a chosen session hash."""
+    config = client.get("/config").json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "gallery")
+    joined = client.post("/gradio_api/queue/join", json={"data": [1, 100], "fn_index": fn_index,
+                                                         "session_hash": session_hash, "event_data": None,
+                                                         "trigger_id": None})
+    assert joined.status_code == 200, joined.text
+    with client.stream("GET", f"/gradio_api/queue/data?session_hash={session_hash}", timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    assert message["success"], message
+                    return message["output"]["data"][1]
+    raise AssertionError("the gallery call never completed")
+
+
+def test_a_forged_session_hash_reveals_nothing(server):
+    from gradio_client import Client, handle_file
+
+    examples = ROOT / "assets" / "examples"
+    owner = Client(server["url"] + "/", verbose=False)
+    _image, made = owner.predict(person=handle_file(str(examples / "person-1.png")),
+                                 garment=handle_file(str(examples / "garment-1.png")), steps=1, seed=3, width=64,
+                                 height=96, api_name="/tryon")
+    _items, mine = owner.predict(1, 100, api_name="/gallery")
+    assert made["id"] in [r["id"] for r in mine["results"]] and "owner" not in made
+    with httpx.Client(base_url=server["url"], timeout=30) as other:
+        assert "tryon_session" in other.get("/", headers={"accept": "text/html"}).cookies  # a visitor of its own
+        for session_hash in (owner.session_hash, "api"):
+            page = gallery_as(other, session_hash)
+            assert page["total"] == 0 and page["results"] == [], session_hash
+    with httpx.Client(base_url=server["url"], timeout=30) as rest:
+        assert rest.get("/v1/results").json()["total"] == 0
+        assert rest.get(f"/v1/results/{made['id']}").status_code == 404
+
+
+def test_three_workers_on_one_volume_keep_every_owners_results_apart(tmp_path_factory, images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    volume = tmp_path_factory.mktemp("shared-volume")
+    (volume / "inputs").mkdir()
+    for role, image in images.items():
+        image.save(volume / "inputs" / f"{role}.png")
+    keys = {"ann": "key-ann-1", "ben": "key-ben-2"}
+    with launch_servers(volume, 3, TRYON_API_KEYS=",".join(f"{n}:{k}" for n, k in keys.items()), TRYON_STEPS="1",
+                        TRYON_WIDTH="64", TRYON_HEIGHT="96") as servers:
+        def one(number: int) -> tuple[str, str]:
+            owner = "ann" if number % 2 else "ben"
+            response = httpx.post(f"{servers[number % 3]['url']}/v1/tryon", headers={"X-API-Key": keys[owner]},
+                                  timeout=300, json={"person": "inputs/person.png", "garment": "inputs/garment.png",
+                                                     "mask": "inputs/mask.png", "seed": number})
+            assert response.status_code == 200, response.text
+            return owner, response.json()["id"]
+
+        with ThreadPoolExecutor(6) as pool:
+            made = list(pool.map(one, range(60)))
+        ids = [result_id for _owner, result_id in made]
+        assert len(set(ids)) == 60
+        assert len({result_id.split("-")[2] for result_id in ids}) == 3  # each worker named in its ids
+        assert len(list((volume / "outputs").rglob("*.png"))) == 60
+        assert not [p for p in (volume / "outputs").rglob(".*") if p.is_file()]  # no temporary file left
+        for server in servers:
+            for owner, key in keys.items():
+                listed = httpx.get(f"{server['url']}/v1/results?per_page=100", headers={"X-API-Key": key},
+                                   timeout=30).json()
+                expected = {result_id for who, result_id in made if who == owner}
+                assert listed["total"] == 30 and {r["id"] for r in listed["results"]} == expected
+                assert [r["id"] for r in listed["results"]] == sorted(expected, reverse=True)  # newest first

@@ -78,11 +78,17 @@ def load_inputs(page, person=PERSON, garment=GARMENT):
     page.locator("#person input[type=file]").first.set_input_files(str(person))
     page.locator("#garment input[type=file]").first.set_input_files(str(garment))
     page.wait_for_selector("#garment img", timeout=30_000)
-    with Image.open(person) as photo:  # usually the editor's canvas takes the photo's size within a second
+    wait_for_photo(page, person)
+
+
+def wait_for_photo(page, person):
+    """Until the editor has taken the photo (its canvas gets the photo's size, usually within a second;
+    longer on a loaded machine), then a moment for the upload to reach the server."""
+    with Image.open(person) as photo:
         loaded = f"() => window.editor && window.editor.width === {photo.width}"
     try:
-        page.wait_for_function(loaded, timeout=5_000)
-    except Exception:  # not a verdict: the pixel checks after the run are
+        page.wait_for_function(loaded, timeout=15_000)
+    except Exception:  # not a verdict: the checks after it are
         pass
     page.wait_for_timeout(1200)
 
@@ -284,7 +290,7 @@ def test_progress_stays_on_the_result_stop_ends_the_run_and_run_is_disabled_mean
 
 def test_an_error_shows_once_and_marks_no_other_panel(page, studio):
     page.locator("#person input[type=file]").first.set_input_files(str(PERSON))
-    page.wait_for_timeout(800)
+    wait_for_photo(page, PERSON)
     page.locator("#run").click()  # no garment
     page.wait_for_function("() => document.querySelector('#progress').innerText.includes('Not run')",
                            timeout=30_000)
