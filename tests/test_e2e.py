@@ -174,11 +174,19 @@ def test_api_errors_reach_the_client_and_result_files_are_not_served(server):
     gallery, metadata = batch
     assert [m["seed"] for m in metadata] == [5, 6, 5, 6] and len(gallery) == 4
     assert all(m["size"] == [64, 96] for m in metadata)
-    saved = [server["volume"] / made[1]["image"]]
-    assert saved[0].is_file()
-    for route in ("/gradio_api/file=", "/file="):
-        response = httpx.get(f"{server['url']}{route}{saved[0]}", timeout=10)
-        assert response.status_code in (403, 404), (route, response.status_code)
+    saved = server["volume"] / made[1]["image"]
+    assert saved.is_file()
+    # Gradio's file routes serve its own cache only: nothing from the volume, the code or the system.
+    (server["volume"] / "inputs").mkdir(exist_ok=True)
+    shutil.copyfile(examples / "person-1.png", server["volume"] / "inputs" / "person.png")
+    volume_files = [saved, server["volume"] / ".secrets" / "session.key", server["volume"] / "inputs" / "person.png",
+                    next((server["volume"] / "tiny-models").rglob("*.safetensors")), ROOT / "app" / "config.py",
+                    Path("/etc/passwd")]
+    for path in volume_files:
+        assert path.is_file(), path
+        for route in ("/gradio_api/file=", "/file=", "/gradio_api/file/"):
+            response = httpx.get(f"{server['url']}{route}{path}", timeout=10)
+            assert response.status_code in (403, 404), (route, path, response.status_code)
 
 
 def gallery_as(client: httpx.Client, session_hash: str) -> dict:
