@@ -325,9 +325,9 @@ def serve(settings: Settings, host: str, port: int, share: bool = False, health_
     engine.start()
     threading.Thread(target=tidy_results, args=(app.state.service.store,), name="results-upkeep", daemon=True).start()
     if share and not app.state.access.required:
-        log.warning("the public share link has no login (--auth): anyone with it can run try-ons; each visitor "
-                    "sees only their own results%s", "" if settings.gallery == "own" else
-                    " -- no: TRYON_GALLERY=all shows every result to everyone")
+        seen = ("each visitor sees only their own results" if settings.gallery == "own" else
+                "and TRYON_GALLERY=all shows every result to all of them")
+        log.warning("the public share link has no login (--auth): anyone with it can run try-ons; %s", seen)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=settings.log_level,
                                            timeout_graceful_shutdown=5))
     if health_port and health_port != port:
