@@ -60,3 +60,15 @@ def make_settings():
     def make(volume: Path, **overrides) -> Settings:
         return Settings.from_env({}, volume=str(volume), device="cpu", **overrides)
     return make
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright (it cannot download its own browser here)."""
+    from tests.test_e2e import CHROMIUM, CHROMIUM_FLAGS
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()

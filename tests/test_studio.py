@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_e2e import CHROMIUM, CHROMIUM_FLAGS, launch_server
+from tests.test_e2e import CHROMIUM, launch_server
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); "
                                 "CI installs it")
@@ -34,15 +34,6 @@ def studio(tmp_path_factory):
     ensure_tiny_models(Settings.from_env({}, volume=str(volume), tiny_models=True))  # the tests read its parser
     with launch_server(volume, TRYON_SAVE_INPUTS="1", TRYON_STEPS="3") as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.test_e2e import CHROMIUM, CHROMIUM_FLAGS, launch_server
+from tests.test_e2e import CHROMIUM, launch_server
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); "
                                 "CI installs it")
@@ -29,15 +29,6 @@ def team(tmp_path_factory, images):
                 made[who].append(response.json())
         server["made"] = made
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield chromium
-        chromium.close()
 
 
 def sign_in(browser, url: str, user: str, password: str):
