@@ -51,6 +51,7 @@ NOTHING = (None, None)  # nothing for the editor loader to load (it ignores a mi
 EDITOR_LOAD_JS = """async (photo, layer) => {
   const editor = window.editor;
   if (!editor || !photo) return;
+  await editor.ready;  // window.editor exists before its canvas is set up; a photo given earlier is lost
   await editor.add_image_from_url(photo.url);
   await editor.add_layers_from_url(layer ? [layer.url] : []);
   const brush = document.querySelector('#person button[aria-label="Brush"]');

@@ -66,22 +66,33 @@ def results(volume: Path) -> list[Path]:
 
 
 def load_inputs(page, person=PERSON, garment=GARMENT):
-    page.locator("#person input[type=file]").first.set_input_files(str(person))
+    put_photo(page, person)
     page.locator("#garment input[type=file]").first.set_input_files(str(garment))
     page.wait_for_selector("#garment img", timeout=30_000)
-    wait_for_photo(page, person)
+    page.wait_for_timeout(1200)  # a moment for the uploads to reach the server
 
 
-def wait_for_photo(page, person):
-    """Until the editor has taken the photo (its canvas gets the photo's size, usually within a second;
-    longer on a loaded machine), then a moment for the upload to reach the server."""
+def put_photo(page, person):
+    """Upload the person photo into the editor, as a designer does, until the editor shows it.
+
+    The editor exposes itself (``window.editor``) before its canvas is set up, and a photo given to it
+    before that is lost: wait until it is ready (on a busy machine, seconds after the rest of the page),
+    and give the photo again if its canvas has not taken the photo's size."""
+    page.wait_for_function("async () => { if (!window.editor) return false; await window.editor.ready; "
+                           "return true; }", timeout=60_000)
+    page.wait_for_timeout(300)  # the editor replays its history just after it is ready
     with Image.open(person) as photo:
-        loaded = f"() => window.editor && window.editor.width === {photo.width}"
-    try:
-        page.wait_for_function(loaded, timeout=15_000)
-    except Exception:  # not a verdict: the checks after it are
-        pass
-    page.wait_for_timeout(1200)
+        loaded = (f"async () => window.editor && window.editor.width === {photo.width} && "
+                  "((await window.editor.get_blobs()).background?.size || 0) > 1000")
+    for _attempt in range(3):
+        page.locator("#person input[type=file]").first.set_input_files(str(person))
+        try:
+            page.wait_for_function(loaded, timeout=15_000)
+            page.wait_for_timeout(1000)  # still there a moment later: not lost to the editor starting up
+            page.wait_for_function(loaded, timeout=1_000)
+            return
+        except Exception:  # the checks on the pixels sent are the verdict, not this wait
+            continue
 
 
 def press_auto_mask(page) -> float:
@@ -280,8 +291,8 @@ def test_progress_stays_on_the_result_stop_ends_the_run_and_run_is_disabled_mean
 
 
 def test_an_error_shows_once_and_marks_no_other_panel(page, studio):
-    page.locator("#person input[type=file]").first.set_input_files(str(PERSON))
-    wait_for_photo(page, PERSON)
+    put_photo(page, PERSON)
+    page.wait_for_timeout(1200)
     page.locator("#run").click()  # no garment
     page.wait_for_function("() => document.querySelector('#progress').innerText.includes('Not run')",
                            timeout=30_000)
