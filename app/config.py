@@ -78,6 +78,8 @@ class Settings:
                               "(400) before any work.", minimum=1, maximum=100)
     save_inputs: bool = _setting(False, "Also keep the person, garment and mask images next to each result.")
     max_upload_mb: float = _setting(20.0, "Largest accepted upload or base64 image, in MB.", minimum=1.0)
+    max_body_mb: float = _setting(30.0, "Largest REST request body, in MB, refused (413) before it is read; send "
+                                  "bigger images or batches as paths under inputs/.", minimum=1.0)
     host: str = _setting("127.0.0.1", "Address the server listens on (the port comes from PORT); the container's "
                          "launcher passes 0.0.0.0.")
     auth: str = _setting(

@@ -1,5 +1,14 @@
 """The errors callers catch, importable without torch (the server maps them to answers)."""
 
+QUOTE_LIMIT = 60
+
+
+def quoted(value, limit: int = QUOTE_LIMIT) -> str:
+    """A caller's value as a message quotes it: repr, cut to ``limit`` characters (a 1 MB string or a
+    400-digit number is not echoed back whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}… ({len(text)} characters)"
+
 
 class TryOnInputError(ValueError):
     """A try-on argument is unusable; the message quotes the value and the fix."""
@@ -28,9 +37,9 @@ class ParserUnavailable(ModelLoadError):
 class ApiError(Exception):
     """An answer of the REST API other than success: HTTP status, a stable code, and the message."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
 def error_body(code: str, message: str) -> dict:

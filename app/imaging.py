@@ -65,8 +65,9 @@ def decode_image(data: bytes, role: str) -> Image.Image:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as exc:
-        raise TryOnInputError(f"{role} is not an image that can be read ({exc}); send a PNG, JPEG or WebP.") \
-            from None
+        detail = "not a known image format" if isinstance(exc, UnidentifiedImageError) else str(exc)[:120]
+        raise TryOnInputError(f"{role} is not an image that can be read ({len(data)} bytes starting "
+                              f"{data[:8].hex(' ')}: {detail}); send a PNG, JPEG or WebP.") from None
     return ImageOps.exif_transpose(image)
 
 

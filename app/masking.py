@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from app.errors import ParserUnavailable, TryOnInputError
+from app.errors import ParserUnavailable, TryOnInputError, quoted
 from app.imaging import center_crop_box
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def mask_from_labels(labels: np.ndarray, garment_type: str, names: dict[str, int
                      grow: int | None = None) -> Image.Image:
     """The auto-mask rules on a label map (H x W ints): white where the new garment goes."""
     if garment_type not in RULES:
-        raise TryOnInputError(f"garment_type={garment_type!r} is not known: use one of {', '.join(RULES)}.")
+        raise TryOnInputError(f"garment_type={quoted(garment_type)} is not known: use one of {', '.join(RULES)}.")
     names = names or {name: i for i, name in enumerate(ATR_LABELS)}
     rule = RULES[garment_type]
     wanted = np.isin(labels, [names[n] for n in rule["mask"] if n in names])

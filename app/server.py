@@ -11,17 +11,18 @@ import logging
 import os
 import threading
 from pathlib import Path, PurePosixPath
+from typing import Annotated
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.access import Access, Identity
 from app.config import Settings
 from app.engine import FAILED, READY, Engine
-from app.errors import ApiError, ModelLoadError, TryOnInputError, error_body
+from app.errors import ApiError, ModelLoadError, TryOnInputError, error_body, quoted
 from app.guard import Guard, add_login_routes, gradio_user, identity_of
 from app.imaging import decode_image
 from app.outputs import ResultStore, SavedResult
@@ -48,24 +49,28 @@ class TryOnBody(BaseModel):
 
     A list of persons and/or garments (or ``seeds``) asks for a batch: every person with every garment
     (with every seed), persons outermost; ``mask`` is then one for all persons or a list, one per person.
+
+    Types are strict: numbers as JSON numbers (whole ones for ints), switches as true/false; "4", "yes"
+    or true for a number are refused rather than guessed at. null (or leaving a field out) takes the
+    server's default; a seed of -1 asks for a random one.
     """
 
     model_config = ConfigDict(extra="forbid")
     person: ImageInput | list[ImageInput]
     garment: ImageInput | list[ImageInput]
     mask: ImageInput | None | list[ImageInput | None] = None
-    garment_type: str = "upper"
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int | None = None
-    seeds: list[int] | None = None
-    width: int | None = None
-    height: int | None = None
-    mask_blur: float | None = None
-    mask_grow: int | None = None
-    longer: float | None = None
-    keep_photo: bool | None = None
-    return_image: bool = False
+    garment_type: str = Field("upper", strict=True)
+    steps: int | None = Field(None, strict=True)
+    guidance: float | None = Field(None, strict=True)
+    seed: int | None = Field(None, strict=True)
+    seeds: list[Annotated[int, Field(strict=True)]] | None = None
+    width: int | None = Field(None, strict=True)
+    height: int | None = Field(None, strict=True)
+    mask_blur: float | None = Field(None, strict=True)
+    mask_grow: int | None = Field(None, strict=True)
+    longer: float | None = Field(None, strict=True)
+    keep_photo: bool | None = Field(None, strict=True)
+    return_image: bool = Field(False, strict=True)
 
 
 def ping_status(settings: Settings, engine: Engine) -> int:
@@ -93,6 +98,7 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
     add_login_routes(app, access)
     add_api_routes(app, settings, service)
     add_results_routes(app, service.store, access)
+    add_fallback_routes(app)
     add_error_handlers(app)
     if ui:
         import gradio as gr
@@ -105,13 +111,33 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
         app = gr.mount_gradio_app(app, blocks, path="/", auth_dependency=gradio_user, show_error=True,
                                   footer_links=["api"], css=STUDIO_CSS,
                                   max_file_size=int(settings.max_upload_mb * 1_000_000))
+    app.add_middleware(BodyLimit, limit=int(settings.max_body_mb * 1_000_000))
+    app.add_middleware(CatchAll)
     app.add_middleware(Guard, access=access)
     return app
 
 
+def add_fallback_routes(app: FastAPI) -> None:
+    """After every /v1 route: a known path with another method is 405 with Allow, anything else under /v1
+    is 404, both in the error shape (without this, Gradio's mount at / answers them its own way)."""
+    api_routes = [route for route in app.routes if getattr(route, "path", "").startswith("/v1/")]
+
+    @app.api_route("/v1/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+                   include_in_schema=False)
+    async def unknown(request: Request, rest: str):
+        path = request.url.path
+        allowed = sorted({method for route in api_routes if route.path_regex.match(path)
+                          for method in route.methods})
+        if allowed:
+            raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {path[:80]}: use "
+                           f"{' or '.join(allowed)}.", {"Allow": ", ".join(allowed)})
+        raise ApiError(404, "not_found", f"there is no {path[:80]}: see /v1/docs for the routes.")
+
+
 def add_health_routes(app: FastAPI, settings: Settings, engine: Engine) -> None:
+    # async: answered on the event loop, never behind try-ons waiting in the thread pool
     @app.get("/ping", include_in_schema=False)
-    def ping() -> Response:
+    async def ping() -> Response:
         status = ping_status(settings, engine)
         if status == 503:
             return JSONResponse(error_body("model_unavailable", engine.status().error or "model failed to load"),
@@ -121,7 +147,7 @@ def add_health_routes(app: FastAPI, settings: Settings, engine: Engine) -> None:
 
 def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> None:
     @app.get("/v1/status")
-    def status() -> dict:
+    async def status() -> dict:
         return {"engine": service.engine.status().as_dict(), "queue": service.queue_state()}
 
     @app.post("/v1/tryon")
@@ -132,12 +158,18 @@ def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> N
             return tryon_batch(settings, service, body, reader, caller)
         person = reader.load(body.person, "person")
         garment = reader.load(body.garment, "garment")
-        if body.mask is None or body.mask == "auto":
-            mask = body.mask
-        else:
-            mask = reader.load(body.mask, "mask")
+        mask = automatic_mask(service) if body.mask is None or body.mask == "auto" else reader.load(body.mask, "mask")
         saved = service.run(person, garment, mask, request_options(settings, body), owner=caller.owner)
         return result_answer(saved, body.return_image)
+
+
+def automatic_mask(service: TryOnService) -> str:
+    """ "auto" for a missing mask or "auto", as Gradio's /tryon does, when this server can make one."""
+    if service.parser.available or service.settings.tiny_models:
+        return "auto"
+    raise ApiError(400, "invalid_input", "no mask: automatic masks (\"mask\": \"auto\", or no mask) need the human "
+                   "parser, which is not on this volume (python -m app download --with-parser); send a mask image "
+                   "(white where the garment goes).")
 
 
 def listing_owner(request: Request) -> str | None:
@@ -157,10 +189,13 @@ def request_options(settings: Settings, body: TryOnBody) -> TryOnOptions:
 
 
 def result_answer(saved: SavedResult, return_image: bool) -> dict:
+    """``width``/``height``: the saved image (the photo's own size with keep_photo); ``generated_width`` and
+    ``generated_height``: the size the model made."""
+    settings = saved.metadata["settings"]
     answer = {"id": saved.id, "output": saved.metadata["image"], "seed": saved.metadata["seed"],
               "timings": saved.metadata["timings"], "width": saved.metadata["size"][0],
-              "height": saved.metadata["size"][1],
-              "device": saved.metadata["device"]}
+              "height": saved.metadata["size"][1], "generated_width": settings["width"],
+              "generated_height": settings["height"], "device": saved.metadata["device"]}
     if return_image:
         answer["image_base64"] = base64.b64encode(saved.image_path.read_bytes()).decode()
     return answer
@@ -188,7 +223,7 @@ def tryon_batch(settings: Settings, service: TryOnService, body: TryOnBody, read
 
     def load_all(refs: list, role: str) -> list:
         numbered = len(refs) > 1 or isinstance(getattr(body, role), list)
-        return [ref if ref is None or ref == "auto" else
+        return [automatic_mask(service) if ref is None or ref == "auto" else
                 reader.load(ref, f"{role} {number}" if numbered else role)
                 for number, ref in enumerate(refs, 1)]
 
@@ -208,12 +243,12 @@ def tryon_batch(settings: Settings, service: TryOnService, body: TryOnBody, read
 
 
 def add_error_handlers(app: FastAPI) -> None:
-    def reply(status: int, code: str, message: str) -> JSONResponse:
-        return JSONResponse(error_body(code, message), status_code=status)
+    def reply(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return reply(exc.status, exc.code, exc.message)
+        return reply(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(TryOnInputError)
     async def input_error(request: Request, exc: TryOnInputError):
@@ -221,7 +256,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BusyError)
     async def busy(request: Request, exc: BusyError):
-        return reply(429, "busy", str(exc))
+        return reply(429, "busy", str(exc), {"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(ModelLoadError)
     async def model_error(request: Request, exc: ModelLoadError):
@@ -229,17 +264,106 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
-        return reply(400, "invalid_request", f"the request body is not valid: {problems}")
+        return reply(400, "invalid_request", describe_invalid(request, exc.errors()))
+
+    @app.exception_handler(405)
+    async def wrong_method(request: Request, exc: StarletteHTTPException):
+        return reply(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path[:80]}.",
+                     exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         return reply(exc.status_code, "http_error", str(exc.detail))
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        log.exception("unexpected error on %s", request.url.path)
-        return reply(500, "internal", f"unexpected server error ({type(exc).__name__}); see the server log")
+
+
+def describe_invalid(request: Request, errors: list[dict]) -> str:
+    """What is wrong with a request, short (values quoted to 60 characters) and in the caller's terms."""
+    body_errors = [e for e in errors if e["loc"][:1] == ("body",)]
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if body_errors and request.method == "POST" and content_type != "application/json":
+        return (f"the body was sent as {content_type or 'no content type'}: send a JSON object with "
+                "Content-Type: application/json.")
+    for error in body_errors:
+        if error["type"] == "json_invalid":
+            where = error["loc"][1] if len(error["loc"]) > 1 else "?"
+            reason = (error.get("ctx") or {}).get("error", "")
+            return f"the body is not valid JSON (at character {where}: {reason}); send a JSON object."
+    problems = []
+    for error in errors[:3]:
+        field = ".".join(str(p) for p in error["loc"][1:]) or "body"
+        given = f" (got {quoted(error['input'])})" if "input" in error and error["type"] != "missing" else ""
+        problems.append(f"{field}: {error['msg']}{given}")
+    more = f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
+    return f"the request is not valid: {'; '.join(problems)}{more}."
+
+
+class BodyLimit:
+    """REST bodies over the limit are refused before they are read: by Content-Length, or while streaming
+    when there is none (chunked)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        message = (f"the request body is over {self.limit / 1e6:g} MB (TRYON_MAX_BODY_MB): send large images "
+                   "as paths under inputs/ and batches in smaller requests.")
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            response = JSONResponse(error_body("too_large", message), status_code=413)
+            await response(scope, receive, send)
+            return
+        received, refused = 0, False
+
+        async def counting_receive():
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > self.limit:  # answer now; the app sees the client gone and its answer is dropped
+                    refused = True
+                    await JSONResponse(error_body("too_large", message), status_code=413)(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return event
+
+        async def guarded_send(event):
+            if not refused:
+                await send(event)
+
+        await self.app(scope, counting_receive, guarded_send)
+
+
+class CatchAll:
+    """Any exception no handler took becomes a 500 in the error shape, logged once (Starlette's own
+    last-resort handler logs it and re-raises it to the server, which logs it again)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                response = JSONResponse(error_body("internal", f"unexpected server error ({type(exc).__name__}); "
+                                                   "see the server log"), status_code=500)
+                await response(scope, receive, send)
 
 
 class ImageReader:

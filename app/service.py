@@ -19,7 +19,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.engine import Engine
-from app.errors import TryOnInputError
+from app.errors import TryOnInputError, quoted
 from app.imaging import blur_mask
 from app.masking import ParserHolder, apply_tools, paste_back
 from app.outputs import ResultStore, SavedResult
@@ -28,11 +28,16 @@ from app.validation import check_generation_args
 log = logging.getLogger(__name__)
 
 GARMENT_TYPES = ("upper", "lower", "overall")
+MIN_PERSON_SIDE = 32  # smaller photos leave nothing to paste the result back into
 SIZES = {"1024x768": (768, 1024), "512x384": (384, 512)}  # label (height x width) -> (width, height)
 
 
 class BusyError(RuntimeError):
-    """Too many try-ons are already waiting; the caller should retry later."""
+    """Too many try-ons are already waiting; the caller should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 60):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -55,14 +60,16 @@ class TryOnOptions:
 
     def check(self) -> None:
         if self.garment_type not in GARMENT_TYPES:
-            raise TryOnInputError(f"garment_type={self.garment_type!r} is not known: use one of "
+            raise TryOnInputError(f"garment_type={quoted(self.garment_type)} is not known: use one of "
                                   f"{', '.join(GARMENT_TYPES)}.")
         if not isinstance(self.mask_blur, (int, float)) or not 0 <= self.mask_blur <= 50:
-            raise TryOnInputError(f"mask_blur={self.mask_blur!r} is not usable: use a radius from 0 to 50.")
+            raise TryOnInputError(f"mask_blur={quoted(self.mask_blur)} is not usable: use a radius from 0 to 50.")
         if not isinstance(self.mask_grow, int) or not -100 <= self.mask_grow <= 100:
-            raise TryOnInputError(f"mask_grow={self.mask_grow!r} is not usable: use whole pixels from -100 to 100.")
+            raise TryOnInputError(f"mask_grow={quoted(self.mask_grow)} is not usable: use whole pixels from -100 "
+                                  "to 100.")
         if not isinstance(self.longer, (int, float)) or not 0 <= self.longer <= 1:
-            raise TryOnInputError(f"longer={self.longer!r} is not usable: use a fraction of the height from 0 to 1.")
+            raise TryOnInputError(f"longer={quoted(self.longer)} is not usable: use a fraction of the height from "
+                                  "0 to 1.")
         check_generation_args(self.steps, self.guidance, None if self.seed == -1 else self.seed, self.width,
                               self.height)
 
@@ -98,6 +105,7 @@ class TryOnService:
         self._gpu = threading.Lock()
         self._waiting = 0
         self._count_lock = threading.Lock()
+        self._seconds_per_tryon: float | None = None  # measured: a moving average of GPU-held seconds
         self.parser = ParserHolder(settings.models_dir / settings.parser_repo)
 
     def auto_mask(self, person: Image.Image, garment_type: str, grow: int = 0, longer: float = 0.0) -> Image.Image:
@@ -196,8 +204,9 @@ class TryOnService:
         when the queue is full; a batch's later items already hold its place and only wait."""
         with self._count_lock:
             if new_request and self._waiting >= self.settings.queue_max:
+                retry = self.retry_after()
                 raise BusyError(f"busy: {self._waiting} try-ons are already waiting (limit {self.settings.queue_max});"
-                                " try again in a minute.")
+                                f" try again in about {retry} s.", retry)
             self._waiting += 1
         queued = time.perf_counter()
         try:
@@ -207,16 +216,28 @@ class TryOnService:
                 self._waiting -= 1
         return time.perf_counter() - queued
 
+    def retry_after(self) -> int:
+        """Seconds until the queue has likely room again: the waiting try-ons times the measured time of one
+        (30 s each before any was measured), at least 1."""
+        each = self._seconds_per_tryon if self._seconds_per_tryon is not None else 30.0
+        return max(1, min(3600, int(each * (self._waiting + 1) + 0.999)))
+
+    def _measured(self, seconds: float) -> None:
+        previous = self._seconds_per_tryon
+        self._seconds_per_tryon = seconds if previous is None else 0.7 * previous + 0.3 * seconds
+
     def _generate(self, job: _Job, owner: str, progress: Callable[[int, int], None] | None,
                   new_request: bool, batch: dict | None = None) -> SavedResult:
         """One prepared try-on through the GPU (lock held for the generation only), pasted back and saved."""
         options = job.options
         waited = self._wait_for_gpu(new_request)
+        held = time.perf_counter()
         try:
             with self.engine.use() as pipe:
                 result = pipe(person=job.person, garment=job.garment, mask=job.prepared_mask, steps=options.steps,
                               guidance=options.guidance, seed=job.seed, width=options.width, height=options.height,
                               callback=progress)
+            self._measured(time.perf_counter() - held)
         finally:
             self._gpu.release()
         image = paste_back(job.person, result.image, job.prepared_mask) if options.keep_photo else result.image
@@ -241,13 +262,17 @@ class TryOnService:
 
 
 def check_mask(person: Image.Image, mask: Image.Image | str | None) -> None:
-    """The mask checks that need no model: there is one, and it fits the photo."""
+    """The checks that need no model: the photo is big enough, there is a mask, and it fits the photo."""
+    if min(person.size) < MIN_PERSON_SIDE:
+        raise TryOnInputError(f"the person photo is {person.width}x{person.height} pixels: use one at least "
+                              f"{MIN_PERSON_SIDE} pixels on each side (512 or more gives a useful try-on).")
     if mask is None:
         raise TryOnInputError("no mask: paint the area to replace on the person photo, or send a mask image "
                               "(white where the garment goes).")
     if isinstance(mask, str):
         if mask != "auto":
-            raise TryOnInputError(f"mask={mask!r} is not usable: send a mask image, or \"auto\" for the parser's.")
+            raise TryOnInputError(f"mask={quoted(mask)} is not usable: send a mask image, or \"auto\" for the "
+                                  "parser's.")
     elif mask.size != person.size:
         raise TryOnInputError(f"mask size {mask.width}x{mask.height} differs from the person photo's "
                               f"{person.width}x{person.height}; draw or generate the mask on this photo.")

@@ -122,7 +122,6 @@ def test_missing_file_is_a_404(client, volume):
      400, "invalid_input", "width=100"),
     ({"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "inputs/mask.png",
       "garment_type": "hat"}, 400, "invalid_input", "garment_type='hat'"),
-    ({"person": "inputs/person.png", "garment": "inputs/garment.png"}, 400, "invalid_input", "no mask"),
     ({"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "auto", "mask_grow": 500},
      400, "invalid_input", "mask_grow=500"),
     ({"person": {"path": "inputs/person.png", "base64": "AAAA"}, "garment": "inputs/garment.png"},
@@ -136,7 +135,21 @@ def test_bad_requests_get_the_error_shape(client, volume, body, status, code, fr
 def test_non_json_and_unknown_routes_get_the_error_shape(client):
     assert_error(client.post("/v1/tryon", content=b"person=me", headers={"content-type": "text/plain"}),
                  400, "invalid_request")
-    assert_error(client.get("/v1/nothing-here"), 404, "http_error")
+    assert_error(client.get("/v1/nothing-here"), 404, "not_found", "/v1/nothing-here")
+    wrong = client.get("/v1/tryon")
+    assert_error(wrong, 405, "method_not_allowed", "use POST")
+    assert wrong.headers["allow"] == "POST"
+
+
+def test_an_omitted_mask_is_the_automatic_one(client, volume):
+    left_out = client.post("/v1/tryon", json={"person": "inputs/person.png", "garment": "inputs/garment.png",
+                                              "seed": 3, "keep_photo": False, **FAST})
+    auto = client.post("/v1/tryon", json={"person": "inputs/person.png", "garment": "inputs/garment.png",
+                                          "mask": "auto", "seed": 3, "keep_photo": False, **FAST})
+    assert left_out.status_code == 200 and auto.status_code == 200, (left_out.text, auto.text)
+    sidecars = [json.loads((volume / r.json()["output"]).with_suffix(".json").read_text()) for r in (left_out, auto)]
+    assert sidecars[0]["inputs"]["mask"] == sidecars[1]["inputs"]["mask"]
+    assert (volume / left_out.json()["output"]).read_bytes() == (volume / auto.json()["output"]).read_bytes()
 
 
 def test_empty_mask_is_refused(client, volume):
@@ -171,10 +184,15 @@ def test_full_queue_answers_429(volume, make_settings, images):
                 time.sleep(0.01)
             response = client.post("/v1/tryon", json={"person": "inputs/person.png", "garment": "inputs/garment.png",
                                                       "mask": "inputs/mask.png", **FAST})
-            assert_error(response, 429, "busy", "try again")
+            # Nothing measured yet: 30 s a try-on, for the one waiting and this one.
+            assert_error(response, 429, "busy", "try again in about 60 s")
+            assert response.headers["retry-after"] == "60"
         finally:
             service._gpu.release()
         waiting.join(timeout=60)
+        measured = service._seconds_per_tryon
+        assert measured is not None and measured < 30  # the tiny run was timed: later estimates use it
+        assert service.retry_after() == max(1, int(measured + 0.999))
     assert len([p for p in outputs(volume) if p.endswith(".png")]) == 1
 
 
@@ -237,13 +255,14 @@ def test_auto_mask_through_rest(client, volume):
     assert sidecar["settings"]["garment_type"] == "overall" and sidecar["settings"]["mask_grow"] == 2
 
 
-def test_auto_mask_without_the_parser_is_503_and_says_what_to_do(client, volume):
+def test_auto_mask_without_the_parser_is_a_400_that_says_what_to_do(client, volume):
     import shutil
 
     shutil.rmtree(volume / "models" / "mattmdjaga")
-    response = client.post("/v1/tryon", json={"person": "inputs/person.png", "garment": "inputs/garment.png",
-                                              "mask": "auto", **FAST})
-    assert_error(response, 503, "model_unavailable", "auto masks are unavailable", "--with-parser")
+    for mask in ({"mask": "auto"}, {}):
+        response = client.post("/v1/tryon", json={"person": "inputs/person.png", "garment": "inputs/garment.png",
+                                                  **mask, **FAST})
+        assert_error(response, 400, "invalid_input", '"mask": "auto"', "--with-parser", "send a mask image")
 
 
 def test_ping_stays_ready_after_an_idle_release(volume, make_settings):
