@@ -72,12 +72,15 @@ class Settings:
         0.0, "Free the model (and GPU memory) after this many idle seconds; 0 keeps it loaded.", minimum=0.0)
     mask_blur: float = _setting(9.0, "Default Gaussian blur radius applied to masks before the try-on.",
                                 minimum=0.0, maximum=50.0)
-    queue_max: int = _setting(8, "Try-ons that may wait behind the running one; more get a busy answer (429).",
+    queue_max: int = _setting(8, "Try-ons that may wait (studio) or be in progress (REST, from arrival to answer); "
+                              "more get a busy answer (429 with Retry-After).",
                               minimum=1, maximum=1000)
     batch_max: int = _setting(12, "Most try-ons in one batch (persons x garments x seeds); a larger batch is refused "
                               "(400) before any work.", minimum=1, maximum=100)
     save_inputs: bool = _setting(False, "Also keep the person, garment and mask images next to each result.")
     max_upload_mb: float = _setting(20.0, "Largest accepted upload or base64 image, in MB.", minimum=1.0)
+    max_run_s: float = _setting(600.0, "A REST try-on still running this many seconds after its request arrived is "
+                                "stopped between steps and answered 504; 0 for no limit.", minimum=0.0)
     max_body_mb: float = _setting(30.0, "Largest REST request body, in MB, refused (413) before it is read; send "
                                   "bigger images or batches as paths under inputs/.", minimum=1.0)
     host: str = _setting("127.0.0.1", "Address the server listens on (the port comes from PORT); the container's "

@@ -22,6 +22,10 @@ class GenerationCancelled(Exception):
     """Raise from a step callback to stop a generation between steps."""
 
 
+class RunTimedOut(GenerationCancelled):
+    """A try-on ran past TRYON_MAX_RUN_S and was stopped between steps."""
+
+
 class DeviceError(RuntimeError):
     """The configured device or dtype cannot be used on this machine."""
 

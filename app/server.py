@@ -10,6 +10,7 @@ import binascii
 import logging
 import os
 import threading
+import time
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
@@ -22,7 +23,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.access import Access, Identity
 from app.config import Settings
 from app.engine import FAILED, READY, Engine
-from app.errors import ApiError, ModelLoadError, TryOnInputError, error_body, quoted
+from app.errors import (
+    ApiError,
+    GenerationCancelled,
+    ModelLoadError,
+    RunTimedOut,
+    TryOnInputError,
+    error_body,
+    quoted,
+)
 from app.guard import Guard, add_login_routes, gradio_user, identity_of
 from app.imaging import decode_image
 from app.outputs import ResultStore, SavedResult
@@ -152,15 +161,38 @@ def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> N
 
     @app.post("/v1/tryon")
     def tryon(body: TryOnBody, request: Request) -> dict:
+        arrived = time.perf_counter()
         caller = identity_of(request)
-        reader = ImageReader(settings, service.store, caller, listing_owner(request))
-        if body.seeds is not None or any(isinstance(v, list) for v in (body.person, body.garment, body.mask)):
-            return tryon_batch(settings, service, body, reader, caller)
-        person = reader.load(body.person, "person")
-        garment = reader.load(body.garment, "garment")
-        mask = automatic_mask(service) if body.mask is None or body.mask == "auto" else reader.load(body.mask, "mask")
-        saved = service.run(person, garment, mask, request_options(settings, body), owner=caller.owner)
-        return result_answer(saved, body.return_image)
+        reader = ImageReader(settings, service.store, caller, listing_owner(request), request)
+        with service.admitted():  # in the queue from here: reading and masks count, not only the GPU
+            if body.seeds is not None or any(isinstance(v, list) for v in (body.person, body.garment, body.mask)):
+                return tryon_batch(settings, service, body, reader, caller, arrived)
+            person = reader.load(body.person, "person")
+            garment = reader.load(body.garment, "garment")
+            mask = (automatic_mask(service) if body.mask is None or body.mask == "auto"
+                    else reader.load(body.mask, "mask"))
+            read = time.perf_counter() - arrived
+            saved = service.run(person, garment, mask, request_options(settings, body), owner=caller.owner,
+                                started=arrived, progress=stop_check(settings, request, arrived))
+            return result_answer(saved, body.return_image, arrived, read)
+
+
+def stop_check(settings: Settings, request: Request, arrived: float):
+    """A step callback that stops the run between steps when it has run past TRYON_MAX_RUN_S since the
+    request arrived, or when the client has gone (nobody would read the answer)."""
+    import anyio.from_thread
+
+    limit = settings.max_run_s
+
+    def check(step: int, total: int) -> None:
+        if limit and time.perf_counter() - arrived > limit:
+            raise RunTimedOut(f"the try-on ran past {limit:g} s (TRYON_MAX_RUN_S) and was stopped at step {step} "
+                              f"of {total}: use fewer steps or a smaller size, or try again when the queue is "
+                              "shorter.")
+        if anyio.from_thread.run(request.is_disconnected):
+            raise GenerationCancelled(f"the client went away; stopped at step {step} of {total}")
+
+    return check
 
 
 def automatic_mask(service: TryOnService) -> str:
@@ -188,7 +220,7 @@ def request_options(settings: Settings, body: TryOnBody) -> TryOnOptions:
                             ("longer", body.longer), ("keep_photo", body.keep_photo))})
 
 
-def result_answer(saved: SavedResult, return_image: bool) -> dict:
+def result_answer(saved: SavedResult, return_image: bool, arrived: float, read: float, in_batch: bool = False) -> dict:
     """``width``/``height``: the saved image (the photo's own size with keep_photo); ``generated_width`` and
     ``generated_height``: the size the model made."""
     settings = saved.metadata["settings"]
@@ -198,11 +230,16 @@ def result_answer(saved: SavedResult, return_image: bool) -> dict:
               "generated_height": settings["height"], "device": saved.metadata["device"]}
     if return_image:
         answer["image_base64"] = base64.b64encode(saved.image_path.read_bytes()).decode()
+    # Every phase the caller waited for; "total" is the wall clock from the request's arrival to this answer.
+    total = time.perf_counter() - arrived
+    answer["timings"] = {**answer["timings"], "read": round(read, 4), "total": round(total, 4)}
+    if not in_batch:  # in a batch, later items ran between this one's save and the answer
+        answer["timings"]["save"] = round(max(0.0, total - saved.metadata["timings"]["total"]), 4)
     return answer
 
 
 def tryon_batch(settings: Settings, service: TryOnService, body: TryOnBody, reader: ImageReader,
-                caller: Identity) -> dict:
+                caller: Identity, arrived: float) -> dict:
     """persons x garments x seeds, in that nesting order; the batch size is checked before any image is read."""
     persons = body.person if isinstance(body.person, list) else [body.person]
     garments = body.garment if isinstance(body.garment, list) else [body.garment]
@@ -237,9 +274,11 @@ def tryon_batch(settings: Settings, service: TryOnService, body: TryOnBody, read
              for person, mask in zip(person_images, masks, strict=True)
              for garment in garment_images
              for seed in seeds]
-    saved = service.run_batch(items, request_options(settings, body), owner=caller.owner)
+    read = time.perf_counter() - arrived
+    saved = service.run_batch(items, request_options(settings, body), owner=caller.owner, started=arrived,
+                              progress=stop_check(settings, reader.request, arrived))
     return {"batch": saved[0].metadata["batch"]["id"],
-            "results": [result_answer(result, body.return_image) for result in saved]}
+            "results": [result_answer(result, body.return_image, arrived, read, in_batch=True) for result in saved]}
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -253,6 +292,15 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TryOnInputError)
     async def input_error(request: Request, exc: TryOnInputError):
         return reply(400, "invalid_input", str(exc))
+
+    @app.exception_handler(RunTimedOut)
+    async def timed_out(request: Request, exc: RunTimedOut):
+        return reply(504, "timeout", str(exc))
+
+    @app.exception_handler(GenerationCancelled)
+    async def client_gone(request: Request, exc: GenerationCancelled):
+        log.info("%s %s: %s", request.method, request.url.path, exc)
+        return reply(499, "client_closed", str(exc))  # nobody is listening; said for the log and proxies
 
     @app.exception_handler(BusyError)
     async def busy(request: Request, exc: BusyError):
@@ -369,8 +417,10 @@ class CatchAll:
 class ImageReader:
     """Images of one request: base64, a path under the input folders, or a result the caller may see."""
 
-    def __init__(self, settings: Settings, store: ResultStore, caller: Identity, results_owner: str | None):
+    def __init__(self, settings: Settings, store: ResultStore, caller: Identity, results_owner: str | None,
+                 request: Request):
         self.settings, self.store, self.caller, self.results_owner = settings, store, caller, results_owner
+        self.request = request
 
     def load(self, ref, role: str):
         settings = self.settings

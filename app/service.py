@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
 
 from PIL import Image
@@ -95,6 +96,10 @@ class _Job:
     prepared_mask: Image.Image  # blurred: what the pipeline and paste-back use
     options: TryOnOptions
     seed: int
+    prepare_s: float = 0.0  # the mask tools, blur and checks before the GPU
+
+
+_ADMITTED: ContextVar[bool] = ContextVar("admitted", default=False)
 
 
 class TryOnService:
@@ -106,6 +111,7 @@ class TryOnService:
         self._waiting = 0
         self._count_lock = threading.Lock()
         self._seconds_per_tryon: float | None = None  # measured: a moving average of GPU-held seconds
+        self._in_flight = 0  # admitted REST requests, from arrival to answer
         self.parser = ParserHolder(settings.models_dir / settings.parser_repo)
 
     def auto_mask(self, person: Image.Image, garment_type: str, grow: int = 0, longer: float = 0.0) -> Image.Image:
@@ -119,21 +125,26 @@ class TryOnService:
 
     def queue_state(self) -> dict:
         with self._count_lock:
-            return {"waiting": self._waiting, "running": self._gpu.locked(), "max": self.settings.queue_max}
+            return {"waiting": self._waiting, "running": self._gpu.locked(), "max": self.settings.queue_max,
+                    "rest_in_progress": self._in_flight}
 
     def run(self, person: Image.Image, garment: Image.Image, mask: Image.Image | str | None, options: TryOnOptions,
             owner: str = "anon", progress: Callable[[int, int], None] | None = None,
-            mask_tools_applied: bool = False) -> SavedResult:
+            mask_tools_applied: bool = False, started: float | None = None) -> SavedResult:
         """One try-on, saved. ``mask_tools_applied``: the mask already carries ``options``' grow and longer
-        (the studio shows the adjusted mask and sends what it shows); they are recorded, not applied again."""
+        (the studio shows the adjusted mask and sends what it shows); they are recorded, not applied again.
+        ``started``: when the caller's request arrived (``time.perf_counter()``), for the wall-clock total."""
+        started = time.perf_counter() if started is None else started
+        begin = time.perf_counter()
         options.check()
         check_mask(person, mask)
         job = self._prepare(person, garment, mask, options, mask_tools_applied)
-        return self._generate(job, owner, progress, new_request=True)
+        job.prepare_s = time.perf_counter() - begin
+        return self._generate(job, owner, progress, new_request=True, started=started)
 
     def run_batch(self, items: list[BatchItem], options: TryOnOptions, owner: str = "anon",
                   progress: Callable[[int, int], None] | None = None,
-                  mask_tools_applied: bool = False) -> list[SavedResult]:
+                  mask_tools_applied: bool = False, started: float | None = None) -> list[SavedResult]:
         """Several try-ons in order, each saved as ``run()`` saves one, with ``"batch"`` in its metadata.
 
         Every item is checked (and its mask made) before any generation, so a bad item fails the whole
@@ -141,6 +152,7 @@ class TryOnService:
         total)`` counts denoising steps over the whole batch. An exception from ``progress`` (the studio's
         GenerationCancelled) stops the batch and propagates; the items finished before it stay saved.
         """
+        started = time.perf_counter() if started is None else started
         count = len(items)
         if not count:
             raise TryOnInputError("the batch is empty: give at least one person and one garment.")
@@ -161,8 +173,10 @@ class TryOnService:
         jobs = []
         for number, (item, each) in enumerate(zip(items, item_options, strict=True), 1):
             with naming_item(number, count):
+                begin = time.perf_counter()
                 jobs.append(self._prepare(item.person, item.garment, item.mask, each, mask_tools_applied,
                                           auto_masks))
+                jobs[-1].prepare_s = time.perf_counter() - begin
 
         batch_id = uuid.uuid4().hex[:16]
         total = sum(job.options.steps for job in jobs)
@@ -172,7 +186,7 @@ class TryOnService:
             for index, job in enumerate(jobs):
                 item_progress = None if progress is None else batch_progress(progress, done, total)
                 saved.append(self._generate(job, owner, item_progress, new_request=index == 0,
-                                            batch={"id": batch_id, "index": index, "size": count}))
+                                            batch={"id": batch_id, "index": index, "size": count}, started=started))
                 done += job.options.steps
         except BaseException as exc:
             log.info("batch %s stopped after %d of %d try-ons (%s)", batch_id, len(saved), count,
@@ -199,11 +213,30 @@ class TryOnService:
         seed = random.randrange(2**53) if options.seed == -1 else options.seed
         return _Job(person, garment, mask, prepared_mask, options, seed)
 
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """A REST request's place in the queue from its arrival: reading its images, its masks, the GPU,
+        paste-back and saving all count against TRYON_QUEUE_MAX (requests in progress, the running one
+        included), so a flood of large requests is refused before any of that work, not after."""
+        with self._count_lock:
+            if self._in_flight >= self.settings.queue_max:
+                retry = self.retry_after()
+                raise BusyError(f"busy: {self._in_flight} try-on requests are already in progress (limit "
+                                f"{self.settings.queue_max}); try again in about {retry} s.", retry)
+            self._in_flight += 1
+        token = _ADMITTED.set(True)
+        try:
+            yield
+        finally:
+            _ADMITTED.reset(token)
+            with self._count_lock:
+                self._in_flight -= 1
+
     def _wait_for_gpu(self, new_request: bool) -> float:
         """Take the GPU lock, counted as waiting meanwhile; the seconds waited. A new request is refused
-        when the queue is full; a batch's later items already hold its place and only wait."""
+        when the queue is full (unless already admitted); a batch's later items already hold its place."""
         with self._count_lock:
-            if new_request and self._waiting >= self.settings.queue_max:
+            if new_request and not _ADMITTED.get() and self._waiting >= self.settings.queue_max:
                 retry = self.retry_after()
                 raise BusyError(f"busy: {self._waiting} try-ons are already waiting (limit {self.settings.queue_max});"
                                 f" try again in about {retry} s.", retry)
@@ -220,14 +253,14 @@ class TryOnService:
         """Seconds until the queue has likely room again: the waiting try-ons times the measured time of one
         (30 s each before any was measured), at least 1."""
         each = self._seconds_per_tryon if self._seconds_per_tryon is not None else 30.0
-        return max(1, min(3600, int(each * (self._waiting + 1) + 0.999)))
+        return max(1, min(3600, int(each * (max(self._waiting, self._in_flight) + 1) + 0.999)))
 
     def _measured(self, seconds: float) -> None:
         previous = self._seconds_per_tryon
         self._seconds_per_tryon = seconds if previous is None else 0.7 * previous + 0.3 * seconds
 
     def _generate(self, job: _Job, owner: str, progress: Callable[[int, int], None] | None,
-                  new_request: bool, batch: dict | None = None) -> SavedResult:
+                  new_request: bool, started: float, batch: dict | None = None) -> SavedResult:
         """One prepared try-on through the GPU (lock held for the generation only), pasted back and saved."""
         options = job.options
         waited = self._wait_for_gpu(new_request)
@@ -240,7 +273,13 @@ class TryOnService:
             self._measured(time.perf_counter() - held)
         finally:
             self._gpu.release()
+        pasting = time.perf_counter()
         image = paste_back(job.person, result.image, job.prepared_mask) if options.keep_photo else result.image
+        timings = {k: v for k, v in result.timings.items() if k != "total"}
+        timings.update(generate=result.timings["total"], prepare=job.prepare_s, queue_wait=waited,
+                       paste_back=time.perf_counter() - pasting)
+        # Wall clock from the request's arrival to the save (the answer adds reading and saving).
+        timings["total"] = time.perf_counter() - started
         status = self.engine.status()
         metadata = {
             "settings": {**asdict(options), "seed": result.seed},
@@ -248,7 +287,7 @@ class TryOnService:
             "models": {"base": self.settings.base_repo, "vae": self.settings.vae_repo,
                        "adapter": self.settings.adapter_repo, "adapter_version": self.settings.adapter_version,
                        "tiny": self.settings.tiny_models},
-            "timings": {**{k: round(v, 4) for k, v in result.timings.items()}, "queue_wait": round(waited, 4)},
+            "timings": {k: round(v, 4) for k, v in timings.items()},
             "device": result.device,
             "dtype": result.dtype,
             "load_timings": {k: round(v, 4) for k, v in status.load_timings.items()},
@@ -257,7 +296,8 @@ class TryOnService:
             metadata["batch"] = batch
         saved = self.store.save(image, metadata, inputs={"person": job.person, "garment": job.garment,
                                                          "mask": job.mask}, owner=owner)
-        log.info("try-on %s: seed %d, %.1f s", saved.id, result.seed, result.timings["total"])
+        log.info("try-on %s: seed %d, %.1f s (%.1f s generating)", saved.id, result.seed, timings["total"],
+                 timings["generate"])
         return saved
 
 

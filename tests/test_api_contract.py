@@ -222,3 +222,41 @@ def test_an_unexpected_error_is_one_500_in_the_error_shape_logged_once(tmp_path,
                                          "message": "unexpected server error (RuntimeError); see the server log"}}
     assert [r.message for r in caplog.records if "unexpected error" in r.message] == [
         "unexpected error on GET /v1/broken"]
+
+
+def test_a_run_past_the_time_limit_is_stopped_and_answered_504(tmp_path, make_settings, tiny_volume, images):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+
+    volume = tmp_path / "volume"
+    shutil.copytree(tiny_volume, volume)
+    app = create_app(make_settings(volume, max_run_s=0.001), ui=False)
+    with TestClient(app) as client:
+        response = client.post("/v1/tryon", json={"person": {"base64": png((384, 512))},
+                                                  "garment": {"base64": png((384, 512))},
+                                                  "mask": {"base64": png((384, 512), mode="L")}, "steps": 20,
+                                                  "width": 64, "height": 96})
+        assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
+        assert "TRYON_MAX_RUN_S" in response.json()["error"]["message"]
+        assert app.state.service.queue_state() == {"waiting": 0, "running": False, "max": 8, "rest_in_progress": 0}
+    assert not list((volume / "outputs").rglob("*.png")) if (volume / "outputs").exists() else True
+
+
+def test_a_client_that_goes_away_stops_its_run(contract_server):
+    results = lambda: len(list((contract_server["volume"] / "outputs").rglob("*.png")))  # noqa: E731
+    warm = httpx.post(contract_server["url"] + "/v1/tryon", json=GOOD, timeout=120)  # the model loaded
+    assert warm.status_code == 200, warm.text
+    before = results()
+    started = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(contract_server["url"] + "/v1/tryon", timeout=httpx.Timeout(30, read=2.0),
+                   json={**GOOD, "steps": 100, "width": 384, "height": 512})
+    gone = time.monotonic()
+    while httpx.get(contract_server["url"] + "/v1/status", timeout=5).json()["queue"]["running"]:
+        assert time.monotonic() - gone < 3, "the run went on after its client left"
+        time.sleep(0.1)
+    print(f"\nstopped {time.monotonic() - gone:.2f} s after the client left ({gone - started:.1f} s in)")
+    assert results() == before  # stopped, not finished and saved

@@ -211,7 +211,8 @@ def test_cancel_after_the_first_item_keeps_it_and_frees_the_gpu(make_service, vo
     assert len(kept) == 1
     sidecar = json.loads((volume_copy / "outputs" / kept[0]).with_suffix(".json").read_text())
     assert sidecar["batch"]["index"] == 0 and sidecar["batch"]["size"] == 2
-    assert service.queue_state() == {"waiting": 0, "running": False, "max": service.settings.queue_max}
+    assert service.queue_state() == {"waiting": 0, "running": False, "max": service.settings.queue_max,
+                                     "rest_in_progress": 0}
     service.run(images["person"], images["garment"], images["mask"], fast_options())  # the GPU is free again
     assert len(saved_pngs(volume_copy)) == 2
 
@@ -227,7 +228,7 @@ def test_a_batch_takes_one_queue_slot(make_service, volume_copy, images, second_
         deadline = time.monotonic() + 10
         while service.queue_state()["waiting"] < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert service.queue_state() == {"waiting": 1, "running": True, "max": 1}
+        assert service.queue_state() == {"waiting": 1, "running": True, "max": 1, "rest_in_progress": 0}
         with pytest.raises(BusyError):
             service.run(images["person"], images["garment"], images["mask"], fast_options())
     finally:

@@ -61,7 +61,12 @@ def test_tryon_with_volume_paths_writes_png_and_sidecar(client, volume):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["seed"] == 5 and body["output"].startswith("outputs/") and body["output"].endswith(".png")
-    assert {"preprocess", "denoise", "total", "queue_wait"} <= set(body["timings"])
+    timings = body["timings"]
+    phases = ("read", "prepare", "queue_wait", "generate", "paste_back", "save")
+    assert {"preprocess", "denoise", "total", *phases} <= set(timings)
+    assert timings["total"] >= sum(timings[p] for p in phases) * 0.99  # wall clock: every phase waited for
+    assert timings["generate"] >= timings["denoise"] > 0
+    assert (body["generated_width"], body["generated_height"]) == (64, 96)
     image_path = volume / body["output"]
     with Image.open(image_path) as image:
         assert image.size == (384, 512)  # "keep my photo": the result is pasted back into the original
