@@ -33,6 +33,7 @@ from app.errors import (
     quoted,
 )
 from app.guard import Guard, add_login_routes, gradio_user, identity_of
+from app.http_limits import BodyLimit, CatchAll
 from app.imaging import decode_image
 from app.outputs import ResultStore, SavedResult
 from app.results_api import add_results_routes
@@ -163,7 +164,7 @@ def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> N
     def tryon(body: TryOnBody, request: Request) -> dict:
         arrived = time.perf_counter()
         caller = identity_of(request)
-        reader = ImageReader(settings, service.store, caller, listing_owner(request), request)
+        reader = ImageReader(settings, service.store, listing_owner(request), request)
         with service.admitted():  # in the queue from here: reading and masks count, not only the GPU
             if body.seeds is not None or any(isinstance(v, list) for v in (body.person, body.garment, body.mask)):
                 return tryon_batch(settings, service, body, reader, caller, arrived)
@@ -346,81 +347,11 @@ def describe_invalid(request: Request, errors: list[dict]) -> str:
     return f"the request is not valid: {'; '.join(problems)}{more}."
 
 
-class BodyLimit:
-    """REST bodies over the limit are refused before they are read: by Content-Length, or while streaming
-    when there is none (chunked)."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-        message = (f"the request body is over {self.limit / 1e6:g} MB (TRYON_MAX_BODY_MB): send large images "
-                   "as paths under inputs/ and batches in smaller requests.")
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            response = JSONResponse(error_body("too_large", message), status_code=413)
-            await response(scope, receive, send)
-            return
-        received, refused = 0, False
-
-        async def counting_receive():
-            nonlocal received, refused
-            if refused:
-                return {"type": "http.disconnect"}
-            event = await receive()
-            if event["type"] == "http.request":
-                received += len(event.get("body", b""))
-                if received > self.limit:  # answer now; the app sees the client gone and its answer is dropped
-                    refused = True
-                    await JSONResponse(error_body("too_large", message), status_code=413)(scope, receive, send)
-                    return {"type": "http.disconnect"}
-            return event
-
-        async def guarded_send(event):
-            if not refused:
-                await send(event)
-
-        await self.app(scope, counting_receive, guarded_send)
-
-
-class CatchAll:
-    """Any exception no handler took becomes a 500 in the error shape, logged once (Starlette's own
-    last-resort handler logs it and re-raises it to the server, which logs it again)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
-            if not started:
-                response = JSONResponse(error_body("internal", f"unexpected server error ({type(exc).__name__}); "
-                                                   "see the server log"), status_code=500)
-                await response(scope, receive, send)
-
-
 class ImageReader:
     """Images of one request: base64, a path under the input folders, or a result the caller may see."""
 
-    def __init__(self, settings: Settings, store: ResultStore, caller: Identity, results_owner: str | None,
-                 request: Request):
-        self.settings, self.store, self.caller, self.results_owner = settings, store, caller, results_owner
-        self.request = request
+    def __init__(self, settings: Settings, store: ResultStore, results_owner: str | None, request: Request):
+        self.settings, self.store, self.results_owner, self.request = settings, store, results_owner, request
 
     def load(self, ref, role: str):
         settings = self.settings

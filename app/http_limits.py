@@ -1,0 +1,79 @@
+"""ASGI layers under the guard: request bodies capped before they are read, and the last-resort 500."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi.responses import JSONResponse
+
+from app.errors import error_body
+
+log = logging.getLogger(__name__)
+
+
+class BodyLimit:
+    """REST bodies over the limit are refused before they are read: by Content-Length, or while streaming
+    when there is none (chunked)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        message = (f"the request body is over {self.limit / 1e6:g} MB (TRYON_MAX_BODY_MB): send large images "
+                   "as paths under inputs/ and batches in smaller requests.")
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            response = JSONResponse(error_body("too_large", message), status_code=413)
+            await response(scope, receive, send)
+            return
+        received, refused = 0, False
+
+        async def counting_receive():
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > self.limit:  # answer now; the app sees the client gone and its answer is dropped
+                    refused = True
+                    await JSONResponse(error_body("too_large", message), status_code=413)(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return event
+
+        async def guarded_send(event):
+            if not refused:
+                await send(event)
+
+        await self.app(scope, counting_receive, guarded_send)
+
+
+class CatchAll:
+    """Any exception no handler took becomes a 500 in the error shape, logged once (Starlette's own
+    last-resort handler logs it and re-raises it to the server, which logs it again)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                response = JSONResponse(error_body("internal", f"unexpected server error ({type(exc).__name__}); "
+                                                   "see the server log"), status_code=500)
+                await response(scope, receive, send)
