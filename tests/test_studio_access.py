@@ -53,12 +53,14 @@ def test_two_people_each_see_only_their_own_results(browser, team):
     alice, alice_page = sign_in(browser, team["url"], "alice", "wonder")
     bob, bob_page = sign_in(browser, team["url"], "bob", "builder")
     try:
-        assert "Signed in as alice" in alice_page.locator("#who").inner_text()
-        assert "Signed in as bob" in bob_page.locator("#who").inner_text()
+        for page, name in ((alice_page, "alice"), (bob_page, "bob")):
+            # The line arrives with the page's load event: wait for it as a person would, then read it.
+            page.wait_for_function("name => (document.querySelector('#who')?.innerText || '')"
+                                   ".includes('Signed in as ' + name)", arg=name, timeout=30_000)
+        assert len(gallery_captions(alice_page)) == 2 and len(gallery_captions(bob_page)) == 1
         alice_label = alice_page.locator("#page-label").inner_text()
         assert "2 results" in alice_label, alice_label
         assert "1 result" in bob_page.locator("#page-label").inner_text()
-        assert len(gallery_captions(alice_page)) == 2 and len(gallery_captions(bob_page)) == 1
         bob_page.locator("#gallery .thumbnail-item").first.click()
         bob_page.wait_for_function("() => (document.querySelector('#selected-summary')?.innerText || '')"
                                    ".includes('201')", timeout=30_000)
