@@ -66,7 +66,8 @@ build-volume:
     #!/usr/bin/env bash
     set -euo pipefail
     : "${IMAGE:?set IMAGE to the image name, e.g. docker.io/you/catvton-volume:1}"
-    docker build -f Dockerfile.volume -t "$IMAGE" .
+    # RunPod runs linux/amd64: say so, so a build on an ARM laptop does not make an image no worker can run.
+    docker build --platform linux/amd64 -f Dockerfile.volume -t "$IMAGE" .
 
 # Push the launcher image
 push-volume:
@@ -88,6 +89,11 @@ bench:
 # What the launcher would do on this machine (volume, key, build/unpack/warm), changing nothing
 plan:
     bash launcher/entrypoint.sh --plan
+
+# Build and publish the runtime on the volume from this machine, for workers whose driver maps to BACKEND
+# (cu126, cu128, cu130 or cpu): a cheap CPU pod with the volume at /workspace spares the GPU workers the build.
+build-runtime BACKEND="cu128":
+    TRYON_TORCH_BACKEND={{BACKEND}} bash launcher/entrypoint.sh --build-only
 
 # Launcher benchmarks (warm-start overhead, unpack throughput, import file operations)
 bench-launcher *ARGS:

@@ -189,18 +189,28 @@ class VolumeLayout:
 # the doctor and the tests know them too.
 LAUNCHER_SETTINGS = (
     ("TRYON_ENV_MODE", "archive", "archive, volume",
-     "archive: the runtime is unpacked from one archive on the volume to local disk; volume: a venv used in "
-     "place at $TRYON_VOLUME/venv (slower imports; for comparison)."),
+     "archive: the runtime is unpacked from an archive on the volume to local disk; volume: a venv used in "
+     "place at $TRYON_VOLUME/venvs/<key> (slower imports; for comparison)."),
     ("TRYON_PYTHON", "3.11", "version or path",
-     "A version for a uv-managed Python packed into the runtime, or a path to an existing interpreter."),
-    ("TRYON_TORCH_BACKEND", "auto", "auto, cpu, cu126, cu128, ..., none",
-     "uv's --torch-backend; auto matches the host's NVIDIA driver; none passes no flag."),
+     "A version for a uv-managed Python packed into the runtime (kept in $TRYON_VOLUME/python-downloads for "
+     "offline builds), or a path to an existing interpreter."),
+    ("TRYON_TORCH_BACKEND", "auto", "auto, cpu, cu126, cu128, cu130, none",
+     "torch's build: auto maps the host's NVIDIA driver onto cu126 (>= 525), cu128 (>= 570) or cu130 (>= 580), "
+     "else cpu; none passes no --torch-backend to uv. Part of the runtime key."),
     ("TRYON_REQUIREMENTS", "launcher/requirements.txt", "path", "Pinned runtime dependencies (just lock)."),
     ("TRYON_LOCAL_DIR", "/opt/tryon", "path",
      "Local disk for the unpacked runtime, the app copy and uv's cache (~/.cache/catvton-volume when /opt "
      "is not writable)."),
-    ("TRYON_LOCK_STALE_S", "300", "1..", "A build lock whose heartbeat has not moved for this long is taken over."),
+    ("TRYON_LOCK_STALE_S", "120", "1..",
+     "A build lock whose heartbeat has not moved for this long (by the waiter's monotonic clock) is taken over; "
+     "a builder beats every few seconds while it works."),
     ("TRYON_BUILD_WAIT_S", "3600", "0..", "How long a worker waits for another worker's build before giving up."),
+    ("TRYON_ENV_KEEP", "2", "1..",
+     "A builder removes other keys' runtimes beyond this many newest keys (never one used within the hour)."),
+    ("TRYON_ARCHIVE_PARTS", "8", "1..", "Parts a runtime archive is packed into; workers unpack them in parallel."),
+    ("TRYON_FAILPOINTS", "", "PHASE=pause:S or PHASE=kill, ...",
+     "For tests only: freeze (no heartbeat) or kill the launcher at a phase: locked, venv-built, installed, "
+     "packed, archive-published, manifest-published, unpacking."),
 )
 
 

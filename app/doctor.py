@@ -120,23 +120,53 @@ def check_weights(report: Report, settings: Settings) -> None:
             report.ok(f"adapter keys valid ({len(keys)} tensors for {len(indices)} attention layers)")
 
 
+def _manifest(path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """A runtime manifest's fields and its parts ({file: size})."""
+    fields, parts = {}, {}
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name == "part" and len(value.split()) == 3:
+            parts[value.split()[0]] = int(value.split()[1])
+        elif name:
+            fields[name] = value
+    return fields, parts
+
+
 def check_runtime(report: Report, root: Path) -> None:
-    manifests = sorted((root / "envs").glob("*.manifest")) if (root / "envs").is_dir() else []
-    if not manifests:
-        report.warn("no runtime archive on the volume yet", "the first worker start builds it (launcher)")
-    for manifest in manifests:
-        archive = manifest.with_suffix(".tar.zst")
-        fields = dict(line.split("=", 1) for line in manifest.read_text().splitlines() if "=" in line)
-        if not archive.is_file() or str(archive.stat().st_size) != fields.get("size"):
-            report.fail(f"runtime archive {archive.name} is missing or its size differs from its manifest",
-                        f"delete {archive.name} and {manifest.name}; the next start rebuilds it")
-        else:
-            report.ok(f"runtime archive {archive.name} ({int(fields['size']) / 2**20:.0f} MiB, built "
-                      f"{fields.get('created', '?')} on {fields.get('host', '?')})")
-    locks = sorted((root / "envs").glob(".lock-*")) if (root / "envs").is_dir() else []
-    for lock in locks:
-        report.warn(f"build lock {lock.name} present", "a worker is building now; if none is, it is taken over "
-                    "after TRYON_LOCK_STALE_S")
+    """Published runtimes (launcher/lib/store.sh): envs/<key>/manifest naming a build's parts."""
+    envs = root / "envs"
+    keys = sorted(p for p in envs.iterdir() if p.is_dir() and re.fullmatch(r"[0-9a-f]{16}", p.name)) \
+        if envs.is_dir() else []
+    if not any((key / "manifest").is_file() for key in keys):
+        report.warn("no runtime published on the volume yet", "the first worker start builds it (launcher), or run "
+                    "just build-runtime from any Linux x86_64 machine with the volume attached")
+    for key in keys:
+        if (key / "manifest").is_file():
+            fields, parts = _manifest(key / "manifest")
+            wrong = [name for name, size in parts.items()
+                     if not (key / name).is_file() or (key / name).stat().st_size != size]
+            build = fields.get("build", "?")
+            if wrong or not parts:
+                report.fail(f"runtime {key.name}: build {build} is damaged ({', '.join(wrong) or 'no parts'})",
+                            "the next worker start moves it aside as .bad and rebuilds it")
+            else:
+                report.ok(f"runtime {key.name}: build {build} ({sum(parts.values()) / 2**20:.0f} MiB in {len(parts)} "
+                          f"parts, {fields.get('input.backend', '?')}, built {fields.get('created', '?')} on "
+                          f"{fields.get('host', '?')})")
+        bad = sorted(key.glob("*.manifest.bad"))
+        if bad:
+            report.warn(f"runtime {key.name}: {len(bad)} damaged build(s) kept aside as .bad",
+                        f"inspect or delete {key}/*.bad; repeated damage points at the volume's health")
+        if (key / ".lock").is_dir():
+            owner = (key / ".lock" / "owner").read_text().replace("\n", " ").strip() \
+                if (key / ".lock" / "owner").is_file() else "no owner yet"
+            report.warn(f"runtime {key.name}: build lock held ({owner})",
+                        "a worker is building now; if none is, the next worker takes it over once its heartbeat "
+                        "has been still for TRYON_LOCK_STALE_S")
+    legacy = sorted(envs.glob("*.tar.zst")) if envs.is_dir() else []
+    if legacy:
+        report.warn(f"{len(legacy)} runtime archive(s) in the old single-file layout",
+                    "unused now; the next build removes them once an hour old")
 
 
 def check_app_source(report: Report, root: Path) -> None:

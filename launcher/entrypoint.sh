@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# The worker's start: ready the Python runtime from the network volume exactly once, then exec the app.
+# shellcheck source-path=SCRIPTDIR
+# The worker's start: ready the Python runtime from the network volume, then exec the app.
 #
 # A venv used in place on a network filesystem pays a round trip for every file open and stat
 # (thousands per `import torch`). So the runtime (uv-managed Python + venv) is built once on local
-# disk, published on the volume as ONE zstd archive, and every later worker unpacks it to local disk
-# in one sequential read. Crash-safe: temporary names, rename into place, manifest written last.
-# Concurrency-safe: one builder holds an mkdir lock with a heartbeat; others wait, or take over a
-# lock whose heartbeat has stopped. Never flock on the network filesystem.
+# disk, published on the volume as an archive in parts (lib/store.sh), and every later worker unpacks
+# it to local disk in one parallel sequential read (lib/archive.sh). Correctness does not rest on the
+# build lock (lib/lock.sh): every build publishes under its own name, the manifest naming it is
+# renamed into place last, and a worker unpacks only what matches the manifest that named it. While a
+# worker builds or unpacks, /ping answers 204 (lib/health.sh) so a load balancer sees it starting.
 #
-# Usage: entrypoint.sh [--plan] [APP ARGS...]     (APP ARGS default to "serve": python -m app serve)
+# Usage: entrypoint.sh [--plan | --build-only] [APP ARGS...]   (APP ARGS default to "serve")
+#   --plan        print what would happen and change nothing
+#   --build-only  build and publish the runtime for this key (or find it published), then exit: run it
+#                 on any Linux x86_64 machine with the volume attached (`just build-runtime BACKEND=cu128`)
 set -euo pipefail
 
-FORMAT_VERSION=1
+FORMAT_VERSION=2
 LAUNCHER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 IMAGE_APP_DIR=$(dirname "$LAUNCHER_DIR")
+FAILPOINT_PHASES="locked venv-built installed packed archive-published manifest-published unpacking"
 
 log() { printf '[launcher] %s\n' "$*" >&2; }
 die() { printf '[launcher] error: %s\n' "$*" >&2; exit 1; }
@@ -23,21 +29,43 @@ mib() { awk -v n="$1" 'BEGIN { printf "%.1f MiB", n / 1048576 }'; }
 sha256_of() { sha256sum | cut -c1-64; }
 host_name() { uname -n; }  # coreutils: slim images may lack the hostname command
 
+# shellcheck source=lib/lock.sh
+. "$LAUNCHER_DIR/lib/lock.sh"
+# shellcheck source=lib/store.sh
+. "$LAUNCHER_DIR/lib/store.sh"
+# shellcheck source=lib/archive.sh
+. "$LAUNCHER_DIR/lib/archive.sh"
+# shellcheck source=lib/health.sh
+. "$LAUNCHER_DIR/lib/health.sh"
+# shellcheck source=lib/python.sh
+. "$LAUNCHER_DIR/lib/python.sh"
+
 # -- settings --------------------------------------------------------------------------------------
+
+whole_number() {  # NAME VALUE MIN
+  [[ "$2" =~ ^[0-9]+$ ]] && [ "$2" -ge "$3" ] || die "$1=$2 is not valid: use a whole number >= $3"
+}
 
 read_settings() {
   ENV_MODE=${TRYON_ENV_MODE:-archive}
   case "$ENV_MODE" in archive | volume) ;; *) die "TRYON_ENV_MODE=$ENV_MODE is not valid: use archive or volume" ;; esac
   PYTHON_SPEC=${TRYON_PYTHON:-3.11}
   TORCH_BACKEND=${TRYON_TORCH_BACKEND:-auto}
+  [[ "$TORCH_BACKEND" =~ ^(auto|cpu|none|cu[0-9]+|rocm[0-9.]+|xpu)$ ]] \
+    || die "TRYON_TORCH_BACKEND=$TORCH_BACKEND is not valid: use auto, cpu, none or a CUDA backend such as cu128"
   REQUIREMENTS=${TRYON_REQUIREMENTS:-$LAUNCHER_DIR/requirements.txt}
-  LOCK_STALE_S=${TRYON_LOCK_STALE_S:-300}
+  LOCK_STALE_S=${TRYON_LOCK_STALE_S:-120}
   BUILD_WAIT_S=${TRYON_BUILD_WAIT_S:-3600}
+  ENV_KEEP=${TRYON_ENV_KEEP:-2}
+  ARCHIVE_PARTS=${TRYON_ARCHIVE_PARTS:-8}
+  FAILPOINTS=${TRYON_FAILPOINTS:-}
   # In a container the server must listen on every interface (the app's own default is 127.0.0.1).
   export TRYON_HOST=${TRYON_HOST:-0.0.0.0}
-  [[ "$LOCK_STALE_S" =~ ^[0-9]+$ && "$LOCK_STALE_S" -ge 1 ]] \
-    || die "TRYON_LOCK_STALE_S=$LOCK_STALE_S is not valid: use a whole number of seconds >= 1"
-  [[ "$BUILD_WAIT_S" =~ ^[0-9]+$ ]] || die "TRYON_BUILD_WAIT_S=$BUILD_WAIT_S is not valid: use a whole number of seconds"
+  whole_number TRYON_LOCK_STALE_S "$LOCK_STALE_S" 1
+  whole_number TRYON_BUILD_WAIT_S "$BUILD_WAIT_S" 0
+  whole_number TRYON_ENV_KEEP "$ENV_KEEP" 1
+  whole_number TRYON_ARCHIVE_PARTS "$ARCHIVE_PARTS" 1
+  check_failpoints
   [ -f "$REQUIREMENTS" ] || die "requirements file $REQUIREMENTS not found: set TRYON_REQUIREMENTS or restore launcher/requirements.txt"
   if [ -n "${TRYON_LOCAL_DIR:-}" ]; then
     LOCAL_DIR=$TRYON_LOCAL_DIR
@@ -46,6 +74,29 @@ read_settings() {
   else
     LOCAL_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/catvton-volume
   fi
+}
+
+# TRYON_FAILPOINTS (tests only): PHASE=pause:SECONDS or PHASE=kill, comma-separated. A pause freezes the
+# launcher without a heartbeat, as a stopped process or a stalled disk would; kill is kill -9.
+check_failpoints() {
+  local entry phase action
+  for entry in ${FAILPOINTS//,/ }; do
+    phase=${entry%%=*} action=${entry#*=}
+    [[ " $FAILPOINT_PHASES " == *" $phase "* ]] && [[ "$action" == kill || "$action" =~ ^pause:[0-9.]+$ ]] \
+      || die "TRYON_FAILPOINTS entry '$entry' is not valid: use PHASE=pause:SECONDS or PHASE=kill with PHASE one of: $FAILPOINT_PHASES (for tests only)"
+  done
+}
+
+failpoint() {
+  local entry
+  for entry in ${FAILPOINTS//,/ }; do
+    [ "${entry%%=*}" = "$1" ] || continue
+    case "${entry#*=}" in
+      kill) log "failpoint $1: killing this launcher (TRYON_FAILPOINTS)"; kill -KILL $$ ;;
+      pause:*) log "failpoint $1: frozen for ${entry#*=pause:} s, no heartbeat (TRYON_FAILPOINTS)"; sleep "${entry#*=pause:}" ;;
+    esac
+  done
+  return 0
 }
 
 # The volume: TRYON_VOLUME, else the RunPod mounts, else ./volume (made on demand).
@@ -59,34 +110,54 @@ resolve_volume() {
     VOLUME=/workspace
   else
     VOLUME=$PWD/volume
-    [ "$PLAN" = 1 ] || mkdir -p "$VOLUME"
+    [ "$MODE" = plan ] || mkdir -p "$VOLUME"
   fi
   VOLUME=$(cd "$VOLUME" 2>/dev/null && pwd || printf '%s' "$VOLUME")
-  if [ "$PLAN" = 0 ] && ! { mkdir -p "$VOLUME/envs" 2>/dev/null && touch "$VOLUME/envs/.write-test.$$" 2>/dev/null; }; then
-    die "volume $VOLUME is not writable: mount it read-write (RunPod: attach the network volume to this endpoint or pod) or set TRYON_VOLUME to a writable folder"
-  fi
-  rm -f "$VOLUME/envs/.write-test.$$"
-}
-
-# -- the runtime key -------------------------------------------------------------------------------
-
-detect_backend() {
-  BACKEND_ID=$TORCH_BACKEND
-  if [ "$TORCH_BACKEND" = auto ]; then
-    local driver=""
-    if command -v nvidia-smi >/dev/null 2>&1; then
-      driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1 | cut -d. -f1 || true)
-    fi
-    BACKEND_ID=${driver:+auto-driver-$driver}
-    BACKEND_ID=${BACKEND_ID:-auto-no-gpu}
+  VOLUME_WRITABLE=0
+  if [ "$MODE" != plan ] && mkdir -p "$VOLUME/envs" 2>/dev/null && touch "$VOLUME/envs/.write-test.$$" 2>/dev/null; then
+    VOLUME_WRITABLE=1
+    rm -f "$VOLUME/envs/.write-test.$$"
   fi
 }
 
-# A path runs that interpreter; anything else is a version for a uv-managed Python inside the runtime.
+# -- the GPU and the runtime key -------------------------------------------------------------------
+
+# One nvidia-smi call per start, warm or cold: its answer serves the log and the backend choice.
+query_gpu() {
+  GPU_INFO="" DRIVER=""
+  if ! command -v nvidia-smi >/dev/null 2>&1; then
+    GPU_NOTE="no NVIDIA driver visible (nvidia-smi missing): the app will run on the CPU"
+  elif ! GPU_INFO=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -n1) \
+      || ! [[ "$GPU_INFO" =~ ,\ *([0-9]+)\.[0-9.]+\ *, ]]; then
+    GPU_NOTE="warning: nvidia-smi failed (${GPU_INFO:-no output}): the GPU may be unusable; check the host driver and the container's GPU access"
+    GPU_INFO=""
+  else
+    DRIVER=${BASH_REMATCH[1]}
+    GPU_NOTE="GPU: $GPU_INFO"
+  fi
+}
+
+# torch's CUDA builds and the oldest driver (major version) each needs: drivers map onto a few
+# backends, so five drivers make one or two builds, not five. cu126 runs on any CUDA 12 driver
+# (>= 525) through CUDA's minor-version compatibility.
+CUDA_BACKENDS="cu130:580 cu128:570 cu126:525"
+choose_backend() {
+  local entry
+  BACKEND=$TORCH_BACKEND
+  [ "$TORCH_BACKEND" = auto ] || return 0
+  BACKEND=cpu
+  [ -n "$DRIVER" ] || return 0
+  for entry in $CUDA_BACKENDS; do
+    if [ "$DRIVER" -ge "${entry#*:}" ]; then BACKEND=${entry%%:*}; return 0; fi
+  done
+  BACKEND_NOTE="warning: NVIDIA driver $DRIVER is older than any CUDA build of torch supports (525): using the CPU build; update the host driver"
+}
+
 describe_python() {
   if [[ "$PYTHON_SPEC" == */* ]]; then
     [ -x "$PYTHON_SPEC" ] || die "TRYON_PYTHON=$PYTHON_SPEC is not an executable interpreter: give a path to python3 or a version such as 3.11"
-    PYTHON_ID="path:$("$PYTHON_SPEC" -c 'import platform, sys; print(platform.python_version(), sys.base_prefix)')"
+    # An interpreter outside the runtime: the same image has it at the same path on every worker.
+    PYTHON_ID="path:$PYTHON_SPEC $("$PYTHON_SPEC" -c 'import platform; print(platform.python_version())')"
     PYTHON_MANAGED=0
   else
     PYTHON_ID="managed:$PYTHON_SPEC"
@@ -94,36 +165,29 @@ describe_python() {
   fi
 }
 
+# The key names what the runtime is, never where it lives: the venv is relocated when unpacked.
 compute_key() {
-  detect_backend
+  choose_backend
   describe_python
-  if [ "$ENV_MODE" = volume ]; then
-    RUNTIME=$VOLUME  # the venv in place: $VOLUME/venv (and a managed Python in $VOLUME/python)
-  else
-    RUNTIME=$LOCAL_DIR/runtime
-  fi
-  local requirements_hash material
-  requirements_hash=$(sha256_of < "$REQUIREMENTS")
-  material="format=$FORMAT_VERSION
-requirements=$requirements_hash
+  KEY_MATERIAL="format=$FORMAT_VERSION
+requirements=$(sha256_of < "$REQUIREMENTS")
 python=$PYTHON_ID
-backend=$BACKEND_ID
+backend=$BACKEND
 arch=$(uname -m)"
-  # A managed Python lives inside the runtime and a venv names it by absolute path: the path is part of it.
-  [ "$PYTHON_MANAGED" = 1 ] && material="$material
-runtime=$RUNTIME"
-  KEY_MATERIAL=$material
-  KEY=$(printf '%s\n' "$material" | sha256_of | cut -c1-16)
-  ARCHIVE=$VOLUME/envs/$KEY.tar.zst
-  MANIFEST=$VOLUME/envs/$KEY.manifest
-  LOCK=$VOLUME/envs/.lock-$KEY
+  KEY=$(printf '%s\n' "$KEY_MATERIAL" | sha256_of | cut -c1-16)
+  KEY_DIR=$VOLUME/envs/$KEY
+  if [ "$ENV_MODE" = volume ]; then RUNTIME=$VOLUME/venvs/$KEY; else RUNTIME=$LOCAL_DIR/runtime; fi
   STAMP_NAME=.tryon-runtime-key
+  BUILD_ID=$(date -u +%Y%m%dT%H%M%SZ)-$(host_name | tr -c 'A-Za-z0-9\n' '-' | cut -c1-24)-$$-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')
+  lock_init
+  store_init
 }
 
 # The key stamp is written last into the venv: a venv without it (a crashed build) is never used.
 runtime_has_key() { [ "$(cat "$1/venv/$STAMP_NAME" 2>/dev/null)" = "$KEY" ] && [ -x "$1/venv/bin/python" ]; }
+
 published() {
-  if [ "$ENV_MODE" = volume ]; then runtime_has_key "$RUNTIME"; else [ -f "$MANIFEST" ] && [ -f "$ARCHIVE" ]; fi
+  if [ "$ENV_MODE" = volume ]; then runtime_has_key "$RUNTIME"; else find_published; fi
 }
 
 # -- uv --------------------------------------------------------------------------------------------
@@ -138,176 +202,125 @@ ensure_uv() {
     || die "installing uv with pip failed: install uv yourself (pip install uv) and retry"
 }
 
-# -- the build lock --------------------------------------------------------------------------------
+# -- phases ----------------------------------------------------------------------------------------
 
-# mkdir is atomic on every filesystem we meet, network ones included.
-try_lock() {
-  mkdir "$LOCK" 2>/dev/null || return 1
-  printf 'host=%s\npid=%s\nstarted=%s\n' "$(host_name)" "$$" "$(date -u +%FT%TZ)" > "$LOCK/owner"
-  echo 0 > "$LOCK/heartbeat"
-  HEARTBEAT_PID=""
-  start_heartbeat
-  trap release_lock EXIT
-  return 0
-}
-
-# The heartbeat is a counter, not a timestamp: waiters judge staleness by their own clock, so clock
-# skew between workers does not matter. It stops within one beat when the builder dies (even kill -9).
-start_heartbeat() {
-  local parent=$$ interval=$((LOCK_STALE_S / 4))
-  [ "$interval" -ge 1 ] || interval=1
-  (
-    beat=0
-    while kill -0 "$parent" 2>/dev/null && [ -d "$LOCK" ]; do
-      beat=$((beat + 1))
-      echo "$beat" > "$LOCK/heartbeat.tmp" 2>/dev/null && mv -f "$LOCK/heartbeat.tmp" "$LOCK/heartbeat" 2>/dev/null
-      sleep "$interval"
-    done
-  ) </dev/null >/dev/null 2>&1 &  # holds none of the app's stdio open
-  HEARTBEAT_PID=$!
-}
-
-release_lock() {
-  if [ -n "${HEARTBEAT_PID:-}" ]; then kill "$HEARTBEAT_PID" 2>/dev/null || true; fi
-  HEARTBEAT_PID=""
-  rm -rf "$LOCK"
-}
-
-lock_owner() { tr '\n' ' ' < "$LOCK/owner" 2>/dev/null || echo "unknown owner"; }
-
-# Rename is atomic: of several workers that find the same stale lock, exactly one moves it away.
-take_over_stale_lock() {
-  local graveyard
-  graveyard="$LOCK.stale.$(host_name).$$"
-  if mv "$LOCK" "$graveyard" 2>/dev/null; then
-    log "took over a stale build lock ($(tr '\n' ' ' < "$graveyard/owner" 2>/dev/null)): no heartbeat for ${LOCK_STALE_S} s"
-    rm -rf "$graveyard"
-  fi
-}
-
-# Returns 0 once the runtime is published by someone, 1 when this process holds the lock and must build.
+# Returns 0 once a runtime is published by someone, 1 when this process holds the lock and must build.
 wait_or_lock() {
-  local started last_beat="" last_change last_report beat waited
-  started=$(now); last_change=$(date +%s); last_report=$(date +%s)
+  local started last_report=0 waited
+  started=$(uptime_s)
   while true; do
     published && return 0
-    if try_lock; then
-      if published; then release_lock; trap - EXIT; return 0; fi
-      return 1
+    try_lock && return 1
+    watch_lock
+    if [ "$WATCH_QUIET" -ge "$LOCK_STALE_S" ]; then take_over_lock; continue; fi
+    waited=$(($(uptime_s) - started))
+    if [ $((waited - last_report)) -ge 10 ]; then
+      last_report=$waited
+      if [ "$WATCH_QUIET" -ge 10 ]; then
+        log "waiting for $(describe_owner "$LOCK") to build runtime $KEY: ${waited} s so far; its heartbeat has not moved for ${WATCH_QUIET} s, so it is taken over at ${LOCK_STALE_S} s"
+      else
+        log "waiting for $(describe_owner "$LOCK") to build runtime $KEY: ${waited} s so far; its heartbeat moved ${WATCH_QUIET} s ago"
+      fi
     fi
-    beat=$(cat "$LOCK/heartbeat" 2>/dev/null || echo gone)
-    if [ "$beat" != "$last_beat" ]; then last_beat=$beat; last_change=$(date +%s); fi
-    if [ $(($(date +%s) - last_change)) -ge "$LOCK_STALE_S" ]; then
-      take_over_stale_lock
-      last_beat=""; last_change=$(date +%s)
-      continue
-    fi
-    waited=$(since "$started")
-    if [ $(($(date +%s) - last_report)) -ge 10 ]; then
-      log "waiting for $(lock_owner)to build runtime $KEY: ${waited} s so far"
-      last_report=$(date +%s)
-    fi
-    if awk -v w="$waited" -v d="$BUILD_WAIT_S" 'BEGIN { exit !(w > d) }'; then
-      die "gave up after ${BUILD_WAIT_S} s waiting for $(lock_owner)to build runtime $KEY; check that worker's log, or remove $LOCK if it is dead, and retry (TRYON_BUILD_WAIT_S sets the limit)"
-    fi
+    [ "$waited" -le "$BUILD_WAIT_S" ] \
+      || die "gave up after ${BUILD_WAIT_S} s waiting for $(describe_owner "$LOCK") to build runtime $KEY; check that worker's log and retry (TRYON_BUILD_WAIT_S sets the limit)"
     sleep 1
   done
 }
 
-# -- phases ----------------------------------------------------------------------------------------
-
 build_runtime() {
-  local started target=$1
+  local started target=$1 final=$2
   started=$(now)
+  failpoint locked
   ensure_uv
-  log "building runtime $KEY in $target (python $PYTHON_SPEC, torch backend $BACKEND_ID)"
-  rm -rf "$target/venv" "$target/python"
-  mkdir -p "$target"
+  log "building runtime $KEY in $target (python $PYTHON_SPEC, torch backend $BACKEND)"
+  rm -rf "$target"
+  mkdir -p "$target" || die "cannot create $target (phase: build): set TRYON_LOCAL_DIR to a writable local folder"
   export UV_CACHE_DIR=${UV_CACHE_DIR:-$LOCAL_DIR/uv-cache} UV_LINK_MODE=copy UV_PYTHON_INSTALL_DIR=$target/python
-  local python_arg=$PYTHON_SPEC venv_args=()
+  local venv_args=(--relocatable --python "$PYTHON_SPEC")
   if [ "$PYTHON_MANAGED" = 1 ]; then
-    "$UV" python install --quiet "$PYTHON_SPEC" || die "uv could not install Python $PYTHON_SPEC (phase: build, path: $target/python); check network access or set TRYON_PYTHON to an existing interpreter"
+    beating python_install "$UV" "$VOLUME" "$PYTHON_SPEC" "$target/python" || die "no Python $PYTHON_SPEC for the runtime (phase: build); see the line above"
     venv_args+=(--managed-python)
-  else
-    venv_args+=(--relocatable)
   fi
-  "$UV" venv --quiet "${venv_args[@]}" --python "$python_arg" "$target/venv" \
-    || die "uv venv failed (phase: build, path: $target/venv)"
+  beating "$UV" venv --quiet "${venv_args[@]}" "$target/venv" || die "uv venv failed (phase: build, path: $target/venv)"
+  failpoint venv-built
   local install_args=(--python "$target/venv/bin/python" --compile-bytecode -r "$REQUIREMENTS")
-  [ "$TORCH_BACKEND" = none ] || install_args+=(--torch-backend "$TORCH_BACKEND")
+  [ "$BACKEND" = none ] || install_args+=(--torch-backend "$BACKEND")
   if [ -d "$VOLUME/wheels" ]; then
     log "using $VOLUME/wheels as an extra wheel source"
     install_args+=(--find-links "$VOLUME/wheels")
   fi
-  "$UV" pip install "${install_args[@]}" \
+  beating "$UV" pip install "${install_args[@]}" \
     || die "installing $REQUIREMENTS failed (phase: build, path: $target/venv); see uv's message above"
+  # Where it was built, so a copy elsewhere can be pointed at its own interpreter (relocate_runtime).
+  printf '%s\n' "$target" > "$target/venv/.tryon-runtime-root"
+  relocate_runtime "$target" "$final"
   printf '%s\n' "$KEY" > "$target/venv/$STAMP_NAME"
+  failpoint installed
   log "runtime built in $(since "$started") s"
 }
 
-publish_archive() {
-  local started tmp size files
-  started=$(now)
-  tmp="$VOLUME/envs/.$KEY.tar.zst.tmp.$(host_name).$$"
-  log "packing runtime to $ARCHIVE"
-  tar -C "$RUNTIME" -cf - . | zstd -q -T0 -3 -o "$tmp" \
-    || { rm -f "$tmp"; die "packing the runtime failed (phase: pack, path: $tmp); check free space on the volume"; }
-  mv -f "$tmp" "$ARCHIVE"
-  size=$(stat -c %s "$ARCHIVE")
-  files=$(find "$RUNTIME" | wc -l)
-  # The manifest is written last: an archive without one is never used.
-  printf 'key=%s\nsize=%s\nfiles=%s\nhost=%s\ncreated=%s\n%s\n' "$KEY" "$size" "$files" "$(host_name)" \
-    "$(date -u +%FT%TZ)" "$KEY_MATERIAL" > "$MANIFEST.tmp.$$"
-  mv -f "$MANIFEST.tmp.$$" "$MANIFEST"
-  log "runtime published as one archive ($(mib "$size"), $files files) in $(since "$started") s"
+# Volume mode: the venv is used in place at $VOLUME/venvs/<key>; built aside, published by rename.
+publish_in_place() {
+  local built=$BUILD_DIR/runtime
+  mkdir -p "$(dirname "$RUNTIME")"
+  if mv -T "$built" "$RUNTIME" 2>/dev/null; then
+    log "runtime published in place at $RUNTIME"
+  else
+    runtime_has_key "$RUNTIME" || die "publishing $RUNTIME failed (phase: publish); check the volume"
+    log "another build published $RUNTIME first: using it"
+  fi
 }
 
-unpack_archive() {
-  local started expected actual tmp
-  started=$(now)
-  expected=$(sed -n 's/^size=//p' "$MANIFEST")
-  actual=$(stat -c %s "$ARCHIVE")
-  [ "$expected" = "$actual" ] || die "archive $ARCHIVE is $actual bytes but its manifest says $expected: the copy is damaged; delete both files and restart to rebuild"
-  tmp="$RUNTIME.unpack.$$"
-  rm -rf "$tmp"
-  mkdir -p "$tmp"
-  # zstd checks its frame checksums, so a corrupted archive fails here rather than at import time.
-  zstd -q -d -T0 -c "$ARCHIVE" | tar -C "$tmp" -xf - \
-    || { rm -rf "$tmp"; die "unpacking $ARCHIVE failed (phase: unpack); delete it and its manifest and restart to rebuild"; }
-  [ "$(cat "$tmp/venv/$STAMP_NAME" 2>/dev/null)" = "$KEY" ] \
-    || { rm -rf "$tmp"; die "archive $ARCHIVE does not hold runtime $KEY; delete it and its manifest and restart to rebuild"; }
-  rm -rf "$RUNTIME.old"
-  [ -e "$RUNTIME" ] && mv "$RUNTIME" "$RUNTIME.old"
-  mv "$tmp" "$RUNTIME"
-  rm -rf "$RUNTIME.old"
-  "$RUNTIME/venv/bin/python" -c 'import sys' \
-    || die "the unpacked runtime in $RUNTIME does not start; delete $ARCHIVE and its manifest and restart to rebuild"
-  log "runtime restored from archive in $(since "$started") s ($(mib "$actual"))"
-}
+# While this worker builds or unpacks, /ping answers 204 ("starting") for the load balancer.
+answer_health() { [ "$MODE" != run ] || health_start "$1"; }
 
-clean_dead_builders() {
-  rm -f "$VOLUME/envs/.$KEY.tar.zst.tmp."* "$MANIFEST.tmp."* 2>/dev/null || true
-}
-
+# The runtime for this key, ready at $RUNTIME: warm, unpacked, waited for, or built here.
 ready_runtime() {
-  if runtime_has_key "$RUNTIME"; then
-    log "runtime $KEY already on local disk (warm start)"
+  if runtime_has_key "$RUNTIME" && { [ "$MODE" != build ] || [ "$ENV_MODE" = volume ] || find_published; }; then
+    if [ "$MODE" = build ]; then log "runtime $KEY is already published"; else log "runtime $KEY already on local disk (warm start)"; fi
     return
   fi
-  if [ "$ENV_MODE" = archive ] && published; then
-    unpack_archive
+  for _ in 1 2 3; do
+    if [ "$MODE" = build ] && published; then log "runtime $KEY is already published"; return; fi
+    if [ "$ENV_MODE" = archive ] && find_published; then
+      answer_health unpacking
+      restore_runtime && return
+      continue  # damaged: moved aside; build it again below
+    fi
+    [ "$ENV_MODE" = volume ] && runtime_has_key "$RUNTIME" && return
+    [ "$VOLUME_WRITABLE" = 1 ] \
+      || die "volume $VOLUME is not writable and holds no published runtime $KEY: mount it read-write (RunPod: attach the network volume to this endpoint or pod) or publish the runtime from a machine that can write it (just build-runtime)"
+    answer_health building
+    wait_or_lock && continue
+    # This process holds the lock. Someone may have published between our look and the lock.
+    if published; then release_lock; continue; fi
+    note_builds
+    if [ "$ENV_MODE" = volume ]; then
+      build_runtime "$BUILD_DIR/runtime" "$RUNTIME"
+      publish_in_place
+    else
+      build_runtime "$RUNTIME" "$RUNTIME"
+      publish_build || [ "$MODE" != build ] || die "the runtime was built but not published; see the warning above"
+    fi
+    sweep_dead_builds
+    cleanup_volume
+    release_lock
     return
-  fi
-  if wait_or_lock; then
-    if [ "$ENV_MODE" = archive ] && ! runtime_has_key "$RUNTIME"; then unpack_archive; fi
-    return 0
-  fi
-  # This process holds the lock: anything half-made for this key is from a dead builder.
-  clean_dead_builders
-  build_runtime "$RUNTIME"
-  if [ "$ENV_MODE" = archive ]; then publish_archive; fi
-  release_lock
-  trap - EXIT
+  done
+  die "runtime $KEY failed its check three times in a row (phase: unpack); the damaged copies are in $KEY_DIR/*.bad: check the volume's health"
+}
+
+# Leftovers of launchers killed on this machine: partial unpacks and their scratch files.
+clean_local_leftovers() {
+  local path pid
+  for path in "$LOCAL_DIR"/runtime.unpack.* "$LOCAL_DIR"/.sums.* "$LOCAL_DIR"/.manifest.* "$LOCAL_DIR"/src.tmp.*; do
+    [ -e "$path" ] || continue
+    pid=${path##*.}
+    if ! [[ "$pid" =~ ^[0-9]+$ ]] || kill -0 "$pid" 2>/dev/null; then continue; fi
+    rm -rf "$path" && log "removed $path, left by a stopped launcher (pid $pid)"
+  done
+  rm -rf "$LOCAL_DIR/runtime.old"
 }
 
 # The app from the volume when present (so code updates need no new image), else the image's copy;
@@ -334,55 +347,81 @@ stage_app() {
   APP_PATH=$target
 }
 
-check_gpu() {
-  if ! command -v nvidia-smi >/dev/null 2>&1; then
-    log "no NVIDIA driver visible (nvidia-smi missing): the app will run on the CPU"
-  elif ! gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1); then
-    log "warning: nvidia-smi failed ($gpu): the GPU may be unusable; check the host driver and the container's GPU access"
-  else
-    log "GPU: $gpu"
-  fi
-}
-
 plan() {
-  local action
-  if runtime_has_key "$RUNTIME"; then action="start warm (runtime $KEY already on local disk)"
-  elif [ "$ENV_MODE" = archive ] && published; then action="unpack $ARCHIVE to $RUNTIME"
-  elif [ -d "$LOCK" ]; then action="wait for $(lock_owner)to build, or take the lock over when its heartbeat stops"
-  elif [ "$ENV_MODE" = archive ]; then action="build runtime $KEY in $RUNTIME and publish $ARCHIVE"
-  else action="build runtime $KEY in $RUNTIME"
+  local action heartbeat="no build lock" free
+  if [ -d "$LOCK" ]; then
+    local token age
+    token=$(owner_field "$LOCK" token)
+    age=$(( $(date +%s) - $(stat -c %Y "$BUILDS/${token:-none}/heartbeat" 2>/dev/null || stat -c %Y "$LOCK") ))
+    heartbeat="held by $(describe_owner "$LOCK"); its heartbeat was last written ${age} s ago (by this machine's clock); waiters take it over after ${LOCK_STALE_S} s without one"
   fi
+  if runtime_has_key "$RUNTIME"; then action="start warm (runtime $KEY already at $RUNTIME)"
+  elif [ "$ENV_MODE" = archive ] && find_published; then action="unpack build $(manifest_value "$USE_MANIFEST" build) to $RUNTIME"
+  elif [ -d "$LOCK" ]; then action="wait for the build in progress, or take it over when its heartbeat stops"
+  elif [ "$ENV_MODE" = archive ]; then action="build runtime $KEY in $RUNTIME and publish it in $KEY_DIR"
+  else action="build runtime $KEY and publish it at $RUNTIME"
+  fi
+  free=$(free_local_bytes "$(existing_parent "$LOCAL_DIR")")
   cat <<EOF
 volume:       $VOLUME
 mode:         $ENV_MODE
 key:          $KEY
 key inputs:   $(printf '%s' "$KEY_MATERIAL" | tr '\n' ' ')
+gpu:          ${GPU_INFO:-none} (torch backend $BACKEND)
 runtime:      $RUNTIME
-archive:      $ARCHIVE ($([ -f "$MANIFEST" ] && echo published || echo absent))
+published:    $(if [ "$ENV_MODE" = archive ] && find_published; then echo "build $(manifest_value "$USE_MANIFEST" build) in $KEY_DIR"; else echo none; fi)
+build lock:   $heartbeat
 would:        $action
+local disk:   $(mib "${free:-0}") free at $LOCAL_DIR
+python:       $(if [ "$PYTHON_MANAGED" = 1 ]; then python_plan "$VOLUME" "$PYTHON_SPEC"; else echo "$PYTHON_SPEC (an existing interpreter)"; fi)
 uv:           $(command -v uv || echo "not installed: would install it with pip")
 app source:   $APP_ORIGIN ($APP_SOURCE)
 command:      python -m app ${APP_ARGS[*]} (listening on $TRYON_HOST)
 EOF
 }
 
+existing_parent() { local p=$1; while [ ! -d "$p" ]; do p=$(dirname "$p"); done; printf '%s' "$p"; }
+
+on_exit() {
+  release_lock
+  health_stop
+}
+
 main() {
-  PLAN=0
-  if [ "${1:-}" = --plan ]; then PLAN=1; shift; fi
+  MODE=run
+  case "${1:-}" in
+    --plan) MODE=plan; shift ;;
+    --build-only) MODE=build; shift ;;
+  esac
   APP_ARGS=("$@")
   [ ${#APP_ARGS[@]} -gt 0 ] || APP_ARGS=(serve)
   local started
   started=$(now)
   read_settings
   resolve_volume
+  query_gpu
   compute_key
   resolve_app
-  if [ "$PLAN" = 1 ]; then plan; return; fi
-  log "volume $VOLUME, runtime key $KEY ($ENV_MODE mode)"
-  check_gpu
-  mkdir -p "$LOCAL_DIR"
+  if [ "$MODE" = plan ]; then plan; return; fi
+  log "volume $VOLUME, runtime key $KEY ($ENV_MODE mode, torch backend $BACKEND)"
+  log "$GPU_NOTE"
+  [ -z "${BACKEND_NOTE:-}" ] || log "$BACKEND_NOTE"
+  [ "$VOLUME_WRITABLE" = 1 ] || log "warning: volume $VOLUME is read-only: a published runtime can start, nothing can be built or cleaned"
+  mkdir -p "$LOCAL_DIR" 2>/dev/null && [ -w "$LOCAL_DIR" ] \
+    || die "the local folder $LOCAL_DIR cannot be created or written: set TRYON_LOCAL_DIR to a writable folder on local disk"
+  trap on_exit EXIT
+  trap 'exit 143' TERM
+  trap 'exit 130' INT
+  clean_local_leftovers
+  if [ "$MODE" = build ]; then
+    ready_runtime
+    log "runtime $KEY (torch backend $BACKEND) is published in $VOLUME: workers with this key unpack it"
+    return
+  fi
   ready_runtime
   stage_app
+  health_stop
+  trap - EXIT TERM INT
   log "starting the app from the $APP_ORIGIN copy after $(since "$started") s in the launcher"
   cd "$LOCAL_DIR"
   export PYTHONPATH="$APP_PATH${PYTHONPATH:+:$PYTHONPATH}" TRYON_VOLUME="$VOLUME" HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}

@@ -12,6 +12,7 @@ from app.config import Settings
 from app.demo_images import example_garment, example_mask, example_person
 
 ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["tests.launcher_kit"]  # the launcher tests' fixtures (volume, requirements)
 
 
 @pytest.fixture(scope="session")

@@ -83,7 +83,7 @@ def test_every_setting_is_documented_in_the_readme():
 
 
 def test_the_launcher_reads_only_declared_settings():
-    script = (ROOT / "launcher" / "entrypoint.sh").read_text()
+    script = "".join(path.read_text() for path in sorted((ROOT / "launcher").rglob("*.sh")))
     used = set(re.findall(r"\b(TRYON_[A-Z0-9_]+)", script))
     declared = {row["env"] for row in settings_table(launcher=True)}
     assert used - declared == set(), "declare these in app/config.py LAUNCHER_SETTINGS"

@@ -35,3 +35,18 @@ def test_entrypoint_finds_the_fallback_app_where_the_image_puts_it():
     assert (ROOT / "launcher" / "requirements.txt").is_file()
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "!launcher/" in ignored and "!app/" in ignored
+
+
+def test_uv_is_pinned_to_the_release_the_tests_run():
+    [uv_base] = [line.split()[0] for line in instructions("FROM") if "astral-sh/uv" in line]
+    image_version = uv_base.rsplit(":", 1)[1]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", image_version), "pin uv to one release, not a moving tag"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'"uv=={image_version}"' in pyproject, "the tests' uv (pyproject.toml) and the image's must match"
+
+
+def test_the_health_responder_the_launcher_uses_is_in_the_image():
+    health = (ROOT / "launcher" / "lib" / "health.sh").read_text()
+    [apt_line] = re.findall(r"apt-get install[^\n]*", DOCKERFILE)
+    tools = [tool for tool in ("socat", "busybox") if re.search(rf"\b{tool}\b", health)]
+    assert tools and all(tool in apt_line for tool in tools), (tools, apt_line)
