@@ -98,3 +98,11 @@ build-runtime BACKEND="cu128":
 # Launcher benchmarks (warm-start overhead, unpack throughput, import file operations)
 bench-launcher *ARGS:
     ./dev python bench/launcher_bench.py {{ARGS}}
+
+# Restore speed: one stream against the runtime archive in parts (bench/RESULTS.md)
+bench-restore *ARGS:
+    ./dev python bench/restore_bench.py {{ARGS}}
+
+# The launcher under faults: the failpoint matrix and a newcomer's wait with the default settings
+bench-launcher-faults *ARGS:
+    ./dev python bench/launcher_faults.py {{ARGS}}

@@ -207,7 +207,9 @@ LAUNCHER_SETTINGS = (
     ("TRYON_BUILD_WAIT_S", "3600", "0..", "How long a worker waits for another worker's build before giving up."),
     ("TRYON_ENV_KEEP", "2", "1..",
      "A builder removes other keys' runtimes beyond this many newest keys (never one used within the hour)."),
-    ("TRYON_ARCHIVE_PARTS", "8", "1..", "Parts a runtime archive is packed into; workers unpack them in parallel."),
+    ("TRYON_ARCHIVE_PARTS", "16", "1..",
+     "Parts a runtime's files are packed into (plus one for its folders); workers unpack them in parallel, "
+     "one per core."),
     ("TRYON_FAILPOINTS", "", "PHASE=pause:S or PHASE=kill, ...",
      "For tests only: freeze (no heartbeat) or kill the launcher at a phase: locked, venv-built, installed, "
      "packed, archive-published, manifest-published, unpacking."),

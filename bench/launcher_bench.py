@@ -4,7 +4,8 @@ Usage: python bench/launcher_bench.py [warm] [unpack] [imports] [--venv .venv] [
 
 warm     The launcher's own cost on a warm start, entrypoint to exec: a warm launch of a stand-in app
          minus the same interpreter starting the same app directly (median of --runs each).
-unpack   Pack --venv (the real app stack) as the launcher does (tar | zstd -3), then compare a raw
+unpack   Pack --venv (the real app stack) as one tar | zstd -3 stream (the launcher's first format;
+         bench/restore_bench.py compares it with today's archive in parts), then compare a raw
          read of the archive with unpacking it to local disk, each after dropping the page cache
          where permitted (root; otherwise reported as warm-cache figures).
 imports  strace counts of file-metadata system calls (open, stat, access, readlink, ...) made by

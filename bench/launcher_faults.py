@@ -36,11 +36,12 @@ def matrix() -> list[dict]:
                         "-k", "at_any_phase"], cwd=ROOT, check=True, env={**os.environ,
                                                                          "LAUNCHER_FAULT_REPORT": str(report)})
         rows = [json.loads(line) for line in report.read_text().splitlines()]
-    print("\n| failpoint | builder | the 3 workers arriving | builds | workers ready after (s) |")
+    print("\n| failpoint | builder | the 3 workers arriving | builds started (builder's included) | "
+          "workers ready after (s) |")
     print("|---|---|---|---|---|")
     for row in rows:
         action = "killed" if row["action"] == "kill" else "frozen 6 s"
-        print(f"| {row['phase']} | {action} | {', '.join(row['workers'])} | {row['builds']} | "
+        print(f"| {row['phase']} | {action} | {'; '.join(row['workers'])} | {row['builds']} | "
               f"{', '.join(str(s) for s in row['seconds'])} |")
     return rows
 
@@ -70,9 +71,12 @@ def newcomer_after(phase: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", nargs="*", default=["matrix", "defaults"], choices=["matrix", "defaults"])
+    parser.add_argument("what", nargs="*", metavar="matrix|defaults", help="what to run (default: both)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    args.what = args.what or ["matrix", "defaults"]
+    if set(args.what) - {"matrix", "defaults"}:
+        parser.error(f"unknown: {' '.join(sorted(set(args.what) - {'matrix', 'defaults'}))} (use matrix, defaults)")
     figures: dict = {}
     if "matrix" in args.what:
         figures["matrix"] = matrix()

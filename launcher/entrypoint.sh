@@ -57,7 +57,7 @@ read_settings() {
   LOCK_STALE_S=${TRYON_LOCK_STALE_S:-120}
   BUILD_WAIT_S=${TRYON_BUILD_WAIT_S:-3600}
   ENV_KEEP=${TRYON_ENV_KEEP:-2}
-  ARCHIVE_PARTS=${TRYON_ARCHIVE_PARTS:-8}
+  ARCHIVE_PARTS=${TRYON_ARCHIVE_PARTS:-16}
   FAILPOINTS=${TRYON_FAILPOINTS:-}
   # In a container the server must listen on every interface (the app's own default is 127.0.0.1).
   export TRYON_HOST=${TRYON_HOST:-0.0.0.0}
@@ -303,8 +303,9 @@ ready_runtime() {
       build_runtime "$RUNTIME" "$RUNTIME"
       publish_build || [ "$MODE" != build ] || die "the runtime was built but not published; see the warning above"
     fi
-    sweep_dead_builds
-    cleanup_volume
+    # Best effort: other workers delete files under our feet; a cleanup that stops early is no failure.
+    sweep_dead_builds || true
+    cleanup_volume || log "warning: cleaning up old runtimes on the volume stopped early; the next build retries"
     release_lock
     return
   done
@@ -416,6 +417,11 @@ main() {
   if [ "$MODE" = build ]; then
     ready_runtime
     log "runtime $KEY (torch backend $BACKEND) is published in $VOLUME: workers with this key unpack it"
+    # Keep the managed Python's archive on the volume too, so later builds need no internet.
+    if [ "$PYTHON_MANAGED" = 1 ]; then
+      ensure_uv
+      python_fetch "$UV" "$VOLUME" "$PYTHON_SPEC" || log "warning: the managed Python's archive is not on the volume: a later build will need the internet"
+    fi
     return
   fi
   ready_runtime

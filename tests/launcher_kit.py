@@ -9,6 +9,7 @@ uv runs with its index disabled: nothing here touches the network.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -170,3 +171,15 @@ class Worker:
     def finish(self, timeout: float = 120) -> tuple[int, float]:
         code = self.proc.wait(timeout=timeout)
         return code, time.monotonic() - self.started
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    """A tmpfs mounted at path (read-only, or tiny, as options say) for the test's duration; skips without root."""
+    path.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip(f"mounting a tmpfs ({options}) needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)

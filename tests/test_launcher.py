@@ -23,6 +23,7 @@ from tests.launcher_kit import (
     make_wheel,
     manifest,
     started,
+    tmpfs,
 )
 
 
@@ -118,14 +119,8 @@ def test_missing_volume_fails_with_a_sentence(requirements, tmp_path):
 
 
 def test_read_only_volume_fails_with_a_sentence(volume, requirements, tmp_path):
-    readonly = tmp_path / "ro"
-    readonly.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(readonly)], capture_output=True).returncode:
-        pytest.skip("mounting a read-only filesystem needs root")
-    try:
+    with tmpfs(tmp_path / "ro", "ro") as readonly:
         done = launch(readonly, tmp_path / "w", requirements)
-    finally:
-        subprocess.run(["umount", str(readonly)], check=True)
     assert done.returncode != 0
     assert f"volume {readonly} is not writable and holds no published runtime" in done.stderr
     assert "mount it read-write" in done.stderr

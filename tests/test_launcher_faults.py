@@ -19,7 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.launcher_kit import ENTRYPOINT, Worker, key_dirs, launch, launcher_env, make_wheel, manifest, started
+from tests.launcher_kit import (
+    ENTRYPOINT,
+    Worker,
+    key_dirs,
+    launch,
+    launcher_env,
+    make_wheel,
+    manifest,
+    started,
+    tmpfs,
+)
 
 STALE = 2  # TRYON_LOCK_STALE_S for these tests: a frozen builder loses its lock after 2 s
 PHASES = ["locked", "venv-built", "installed", "packed", "archive-published", "manifest-published"]
@@ -83,7 +93,7 @@ def test_a_builder_killed_or_frozen_at_any_phase_never_stops_the_next_workers(vo
 
     if REPORT:
         took = [round(t, 1) for _, t in results]
-        did = ["took over, built" if "took over" in w.log else "built" if "building runtime" in w.log
+        did = ["took over and built" if "took over" in w.log else "built" if "building runtime" in w.log
                else "restored" for w in workers]
         with open(REPORT, "a") as report:
             report.write(json.dumps({"phase": phase, "action": action, "stale_s": STALE, "builds": builds,
@@ -334,14 +344,8 @@ def test_a_full_local_disk_is_reported_as_such_and_the_archive_kept(volume, requ
     make_wheel(volume / "wheels", "2.0", payload_mb=4)
     requirements.write_text("tryon-probe==2.0\n")
     assert launch(volume, tmp_path / "builder", requirements).returncode == 0
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], capture_output=True).returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    try:
+    with tmpfs(tmp_path / "small", "size=2m") as small:
         done = launch(volume, small / "local", requirements)
-    finally:
-        subprocess.run(["umount", "--lazy", str(small)], check=True)
     assert done.returncode != 0
     assert "the local disk has" in done.stderr and "TRYON_LOCAL_DIR" in done.stderr
     assert "failed its check" not in done.stderr

@@ -45,7 +45,7 @@ archive_pack() {
       set -o pipefail
       name=$(printf 'part-%02d.tar.zst' "$i")
       tar -C "$src" --null --no-recursion -T "$lists/$i" -cf - \
-        | zstd -q -T1 -3 -c | tee "$out/$name" | sha256sum | cut -c1-64 > "$lists/$i.sha"
+        | zstd -q -T0 -3 -c | tee "$out/$name" | sha256sum | cut -c1-64 > "$lists/$i.sha"
     ) &
     pids[i]=$!
   done

@@ -194,7 +194,7 @@ restore_runtime() {
   "$RUNTIME/venv/bin/python" -c 'import sys' \
     || die "the unpacked runtime in $RUNTIME does not start (phase: unpack); run the launcher with --plan and check the log above"
   touch "$KEY_DIR/last-used" 2>/dev/null || true
-  [ "$VOLUME_WRITABLE" = 0 ] || sweep_leftovers "$build"
+  [ "$VOLUME_WRITABLE" = 0 ] || sweep_leftovers "$build" || true
   log "runtime restored from build $build in $(since "$started") s ($(mib "$(manifest_bytes_on_volume "$USE_MANIFEST")") read)"
 }
 
@@ -214,7 +214,7 @@ mark_bad() {
       if [ "$(manifest_value "$aside" build)" = "$build" ]; then rm -f "$aside"; else mv -n -T "$aside" "$MANIFEST" 2>/dev/null || rm -f "$aside"; fi
     fi
   fi
-  count=$(find "$KEY_DIR" -maxdepth 1 -name '*.manifest.bad' 2>/dev/null | wc -l)
+  count=$(find "$KEY_DIR" -maxdepth 1 -name '*.manifest.bad' 2>/dev/null | wc -l) || true
   log "build $build of runtime $KEY failed its check ($why): moved aside as $KEY_DIR/$build.*.bad ($count damaged so far for this key); rebuilding it"
 }
 
@@ -240,7 +240,7 @@ cleanup_volume() {
       # Orphans only: a build named by a record but never by the manifest, left by a dead builder.
       [ -f "$KEY_DIR/$build.retired" ] && continue
       rm -f "$file"
-    done
+    done || true
   find "$KEY_DIR" -maxdepth 1 -name '.lock.*' -mmin +10 -exec rm -rf {} + 2>/dev/null || true
   # Other keys: keep the ENV_KEEP newest (this one counts); never remove one touched within the hour.
   # Legacy single-file archives (format 1) are removed once an hour old.
