@@ -186,9 +186,10 @@ def test_bad_request(contract_server, case):
     assert "object at 0x" not in message and "Traceback" not in message
     if status == 405:
         assert "Allow" in response.headers and response.headers["Allow"]
+    # The server keeps serving (a generous bound: a liveness check, not a speed target).
     started = time.monotonic()
     assert httpx.get(contract_server["url"] + "/ping", timeout=5).status_code == 200
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5.0
     assert volume_files(contract_server["volume"]) == before, name
 
 
@@ -256,7 +257,8 @@ def test_a_client_that_goes_away_stops_its_run(contract_server):
                    json={**GOOD, "steps": 100, "width": 384, "height": 512})
     gone = time.monotonic()
     while httpx.get(contract_server["url"] + "/v1/status", timeout=5).json()["queue"]["running"]:
-        assert time.monotonic() - gone < 3, "the run went on after its client left"
+        # Generous for a loaded machine: that the run stopped rather than finished is the check below.
+        assert time.monotonic() - gone < 15, "the run went on after its client left"
         time.sleep(0.1)
     print(f"\nstopped {time.monotonic() - gone:.2f} s after the client left ({gone - started:.1f} s in)")
     assert results() == before  # stopped, not finished and saved
