@@ -1,8 +1,9 @@
-"""Command line: ``python -m app serve | demo | generate | download | doctor | tiny-models | settings``."""
+"""Command line: ``python -m app serve | demo | generate | warm | download | doctor | tiny-models | settings``."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -76,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="when the real weights are missing, say so and serve the tiny models instead")
     _model_options(serve)
     serve.set_defaults(run=run_serve)
+
+    warm = commands.add_parser("warm", help="fill the volume's compile cache (torch.compile of the UNet at the "
+                               "default size) off the serving path, so workers start compiled")
+    _model_options(warm)
+    warm.add_argument("--width", help="output width the cache is made for (TRYON_WIDTH)")
+    warm.add_argument("--height", help="output height the cache is made for (TRYON_HEIGHT)")
+    warm.add_argument("--guidance", help="guidance of the usual request; <= 1 compiles the unguided shape only "
+                      "(TRYON_GUIDANCE)")
+    warm.set_defaults(run=run_warm)
 
     fetch = commands.add_parser("download", help="fetch only the model files the pipeline needs (about 2.2 GB)")
     fetch.add_argument("--to", dest="volume", help="volume root to fill (default TRYON_VOLUME); files go to "
@@ -188,6 +198,34 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def run_warm(args: argparse.Namespace, settings: Settings) -> int:
+    from app.engine import Engine, resolve_device
+    from app.errors import ModelLoadError
+
+    if settings.compile == "off":
+        raise CliError("TRYON_COMPILE=off: nothing to compile. Unset it (auto compiles on CUDA) or set it to on.")
+    if settings.compile == "auto" and resolve_device(settings.device) != "cuda":
+        raise CliError("TRYON_COMPILE=auto compiles only on CUDA, and this machine has no GPU in use: run this on "
+                       "the GPU worker, or set TRYON_COMPILE=on to fill the CPU's cache.")
+    engine = Engine(dataclasses.replace(settings, warmup="on"), background_compile=False)
+    print(f"loading models from {settings.models_dir} and compiling the UNet for {settings.width}x{settings.height} "
+          "(about a minute per shape on a GPU with an empty cache) ...", file=sys.stderr)
+    try:
+        engine.get()
+    except ModelLoadError as exc:
+        raise CliError(str(exc), EXIT_MISSING) from exc
+    status = engine.status()
+    compiled, timings = status.compile, status.load_timings
+    if compiled.get("state") != "ready":
+        raise CliError(f"compile failed: {compiled.get('error')}. The workers serve eager meanwhile; "
+                       "TRYON_COMPILE=off skips compiling.", 1)
+    origin = "from the volume's cache" if compiled["cache_hit"] else "from scratch"
+    print(f"compiled {', '.join(compiled['shapes'])} {origin} in {timings.get('compile', 0):.1f} s; "
+          f"warm-up try-on {timings.get('warmup', 0):.1f} s")
+    print(f"compile cache: {compiled['cache']}")
+    return 0
+
+
 def run_download(args: argparse.Namespace, settings: Settings) -> int:
     from app.weights import DownloadError, download
 
@@ -242,7 +280,9 @@ def _generate(settings: Settings, person: Image.Image, garment: Image.Image, mas
     from app.engine import Engine
     from app.errors import ModelLoadError, TryOnInputError
 
-    engine = Engine(settings)
+    # One image: a warm-up or a compile would cost more than they save, unless asked for explicitly.
+    one_shot = {name: "off" for name in ("warmup", "compile") if f"TRYON_{name.upper()}" not in os.environ}
+    engine = Engine(dataclasses.replace(settings, **one_shot))
     print(f"loading models from {settings.models_dir} ...", file=sys.stderr)
     try:
         with engine.use() as pipe:

@@ -70,6 +70,24 @@ class Settings:
     preload: bool = _setting(False, "Load the model in the background at start instead of on first use.")
     idle_release_s: float = _setting(
         0.0, "Free the model (and GPU memory) after this many idle seconds; 0 keeps it loaded.", minimum=0.0)
+    compile: str = _setting(
+        "auto", "torch.compile the UNet: auto (on CUDA with Triton, off on the CPU), on, or off. Compiled graphs "
+        "are cached on the volume; until a worker's first compile ends it serves eager.", choices=("auto", "on", "off"))
+    compile_mode: str = _setting(
+        "default", "torch.compile mode; max-autotune-no-cudagraphs benchmarks kernels (a longer first compile).",
+        choices=("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"))
+    fuse_qkv: bool = _setting(True, "Fuse each self-attention's query, key and value projections into one matmul.")
+    channels_last: bool = _setting(True, "Hold the UNet and VAE in channels_last memory format (faster convolutions "
+                                   "on GPUs).")
+    warmup: str = _setting(
+        "auto", "Run a short try-on at the default size after loading, before reporting ready, so the first request "
+        "is as fast as the rest: auto (on GPUs and with tiny models), on, or off.", choices=("auto", "on", "off"))
+    runtime_key: str = _setting(
+        "", "The runtime's key, set by the launcher; names the compile cache folder $TRYON_VOLUME/cache/torch/<key>. "
+        "Unset: derived from the Python, torch and Triton versions.")
+    draft_steps: int = _setting(
+        20, "Steps of a draft try-on (the labelled fast option): at most this many, guided on the first half only.",
+        minimum=2, maximum=100)
     mask_blur: float = _setting(9.0, "Default Gaussian blur radius applied to masks before the try-on.",
                                 minimum=0.0, maximum=50.0)
     queue_max: int = _setting(8, "Try-ons that may wait (studio) or be in progress (REST, from arrival to answer); "
@@ -175,6 +193,10 @@ class VolumeLayout:
     @property
     def envs(self) -> Path:
         return self.root / "envs"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
 
     @property
     def wheels(self) -> Path:

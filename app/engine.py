@@ -33,6 +33,8 @@ class EngineStatus:
     loads: int = 0  # successful loads so far
     releases: int = 0  # idle (or explicit) releases so far
     tiny_models: bool = False
+    speed: dict = field(default_factory=dict)  # the speed-ups applied (app.accel.SpeedPlan)
+    compile: dict = field(default_factory=dict)  # state of torch.compile: off, compiling, ready or failed
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -41,8 +43,9 @@ class EngineStatus:
 class Engine:
     """Holds one pipeline per process. ``get()`` and ``use()`` are safe to call from many threads."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, background_compile: bool = True):
         self.settings = settings
+        self.background_compile = background_compile  # False: a cold compile finishes before ready (app warm)
         self._pipe = None
         self._load_lock = threading.Lock()  # serialises load and release
         self._state_lock = threading.Lock()  # guards the fields below; never held during a load
@@ -58,7 +61,10 @@ class Engine:
 
     def status(self) -> EngineStatus:
         with self._state_lock:
-            return replace(self._status, load_timings=dict(self._status.load_timings))
+            status = replace(self._status, load_timings=dict(self._status.load_timings))
+            compiler = getattr(self._pipe, "compiler", None)
+        status.compile = compiler.status() if compiler is not None else {"state": "off"}
+        return status
 
     def get(self):
         """The loaded pipeline, loading it first if needed (one load however many callers wait)."""
@@ -150,7 +156,8 @@ class Engine:
             self._last_error = None
             self._status = EngineStatus(state=READY, device=str(pipe.device), dtype=_dtype_name(pipe.dtype),
                                         load_timings=timings, loads=self._status.loads + 1,
-                                        releases=self._status.releases, tiny_models=self.settings.tiny_models)
+                                        releases=self._status.releases, tiny_models=self.settings.tiny_models,
+                                        speed=pipe.speed.as_dict())
         log.info("model ready on %s (%s) in %.1f s", pipe.device, _dtype_name(pipe.dtype), timings["total"])
         self._start_reaper()
         return pipe
@@ -176,8 +183,31 @@ class Engine:
         dtype = resolve_dtype(self.settings.dtype, device)
         if device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
-        return CatVTONPipeline.from_pretrained(paths.base, paths.vae, paths.adapter, device=device,
+        pipe = CatVTONPipeline.from_pretrained(paths.base, paths.vae, paths.adapter, device=device,
                                                dtype=getattr(torch, dtype))
+        self._speed_up(pipe, device)
+        return pipe
+
+    def _speed_up(self, pipe, device: str) -> None:
+        """Speed-ups, then compile (now when the volume's cache has it, else in the background) and a
+        warm-up try-on, all before the engine reports ready (app.accel)."""
+        from app import accel
+
+        speed = accel.plan(self.settings, device)
+        pipe.speed, pipe.compiler = speed, None
+        started = time.perf_counter()
+        accel.apply_eager(pipe, speed)
+        pipe.load_timings["speed_ups"] = time.perf_counter() - started
+        if speed.compile:
+            pipe.compiler = accel.Compiler(self.settings, pipe, speed)
+            if pipe.compiler.load_cache() or not self.background_compile:
+                started = time.perf_counter()
+                pipe.compiler.run()
+                pipe.load_timings["compile"] = time.perf_counter() - started
+        if speed.warmup:
+            pipe.load_timings["warmup"] = accel.warm_up(pipe, self.settings)
+        if pipe.compiler is not None and pipe.compiler.state == accel.OFF:
+            pipe.compiler.start_background()
 
     def _start_reaper(self) -> None:
         if self.settings.idle_release_s <= 0 or (self._reaper and self._reaper.is_alive()):

@@ -114,6 +114,10 @@ class CatVTONPipeline:
         self.device = torch.device(device)
         self.dtype = dtype
         self.load_timings = load_timings or {}
+        # app.accel may hand over a compiled UNet for some input shapes; every other shape runs eager,
+        # so a request at an unusual size never waits for a compile.
+        self.compiled_unet: Callable | None = None
+        self.compiled_shapes: frozenset[tuple[int, ...]] = frozenset()
 
     @classmethod
     def from_pretrained(cls, base: Path | str, vae: Path | str, adapter: Path | str,
@@ -195,6 +199,17 @@ class CatVTONPipeline:
         array = pixels.cpu().permute(0, 2, 3, 1).float().numpy()[0]
         return Image.fromarray((array * 255).round().astype(np.uint8))
 
+    def denoise(self, model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """One UNet call: the compiled one where it was compiled for this shape, else eager."""
+        unet = self.compiled_unet if tuple(model_input.shape) in self.compiled_shapes else self.unet
+        return unet(model_input, t.to(self.device), encoder_hidden_states=None, return_dict=False)[0]
+
+    def unet_input_shape(self, width: int, height: int, guided: bool) -> tuple[int, ...]:
+        """The UNet's input shape for one try-on at ``width`` x ``height``: what a compile is made for."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        channels = self.unet.config.in_channels
+        return (2 if guided else 1, channels, 2 * (height // factor), width // factor)
+
     def make_scheduler(self, steps: int) -> DDIMScheduler:
         # A scheduler per call: set_timesteps mutates it, and the held one stays a clean template.
         scheduler = DDIMScheduler.from_config(self.scheduler.config)
@@ -204,13 +219,18 @@ class CatVTONPipeline:
     @torch.no_grad()
     def __call__(self, person: Image.Image, garment: Image.Image, mask: Image.Image, steps: int = 50,
                  guidance: float = 2.5, seed: int | None = 42, width: int = 768, height: int = 1024,
-                 callback: StepCallback | None = None) -> TryOnResult:
+                 callback: StepCallback | None = None, guidance_steps: int | None = None) -> TryOnResult:
         """One try-on: ``mask`` marks (white) the area of ``person`` to dress in ``garment``.
 
         ``callback(step, total)`` runs after every denoising step; raise :class:`GenerationCancelled`
-        from it to stop.
+        from it to stop. ``guidance_steps`` limits classifier-free guidance to the first steps (the
+        rest run the conditional half alone, at half the cost); None guides every step.
         """
         self.check_inputs(person, garment, mask, steps, guidance, seed, width, height)
+        if guidance_steps is not None and (isinstance(guidance_steps, bool) or not isinstance(guidance_steps, int)
+                                           or guidance_steps < 0):
+            raise TryOnInputError(f"guidance_steps={guidance_steps!r} is not usable: use a whole number of steps "
+                                  "from 0, or None to guide every step.")
         if seed is None:
             seed = random.randrange(2**53)  # exact in JavaScript numbers, so a shown seed replays
         timings: dict[str, float] = {}
@@ -239,19 +259,21 @@ class CatVTONPipeline:
         scheduler = self.make_scheduler(steps)
         latents = latents * scheduler.init_noise_sigma
 
-        use_guidance = guidance > 1.0
-        if use_guidance:
-            unconditional = torch.cat([person_latent, torch.zeros_like(garment_latent)], dim=CONCAT_DIM)
-            condition = torch.cat([unconditional, condition])
-            mask_cond = torch.cat([mask_cond, mask_cond])
-
         timesteps = scheduler.timesteps
+        guided_steps = 0 if guidance <= 1.0 else len(timesteps) if guidance_steps is None else guidance_steps
+        if guided_steps:
+            unconditional = torch.cat([person_latent, torch.zeros_like(garment_latent)], dim=CONCAT_DIM)
+            guided_condition = torch.cat([unconditional, condition])
+            guided_mask = torch.cat([mask_cond, mask_cond])
+
         for index, t in enumerate(timesteps):
-            model_input = torch.cat([latents, latents]) if use_guidance else latents
+            guided = index < guided_steps
+            model_input = torch.cat([latents, latents]) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            model_input = torch.cat([model_input, mask_cond, condition], dim=1)
-            noise = self.unet(model_input, t.to(self.device), encoder_hidden_states=None, return_dict=False)[0]
-            if use_guidance:
+            model_input = torch.cat([model_input, guided_mask if guided else mask_cond,
+                                     guided_condition if guided else condition], dim=1)
+            noise = self.denoise(model_input, t)
+            if guided:
                 noise_uncond, noise_cond = noise.chunk(2)
                 noise = noise_uncond + guidance * (noise_cond - noise_uncond)
             latents = scheduler.step(noise, t, latents, eta=1.0, generator=generator).prev_sample
