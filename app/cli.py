@@ -189,12 +189,18 @@ def _tiny_fallback(args: argparse.Namespace, settings: Settings) -> Settings:
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from app.server import port_from_env, serve
+    from app.engine import Engine
 
     if args.tiny_if_missing:
         settings = _tiny_fallback(args, settings)
+    # With preload, the model's weights are read and torch imported while the web stack imports below.
+    engine = Engine(settings)
+    engine.start()
+    from app.server import port_from_env, serve
+
     port = args.port or port_from_env("PORT", 7860)
-    serve(settings, settings.host, port, share=args.share, health_port=port_from_env("PORT_HEALTH", None))
+    serve(settings, settings.host, port, share=args.share, health_port=port_from_env("PORT_HEALTH", None),
+          engine=engine)
     return 0
 
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
@@ -56,6 +57,7 @@ class Engine:
         self._reaper: threading.Thread | None = None
         self._attempts = 0
         self._last_error: str | None = None
+        self._started = False
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -106,9 +108,14 @@ class Engine:
         return thread
 
     def start(self) -> None:
-        """Apply the start-up settings: background preload when TRYON_PRELOAD is on."""
-        if self.settings.preload:
-            self.prefetch()
+        """Apply the start-up settings: background preload when TRYON_PRELOAD is on (once however often
+        called). The weight files are read ahead in a second thread while the first imports torch."""
+        with self._state_lock:
+            if not self.settings.preload or self._started:
+                return
+            self._started = True
+        threading.Thread(target=read_ahead, args=(self.settings,), name="engine-read-ahead", daemon=True).start()
+        self.prefetch()
 
     def release(self) -> bool:
         """Drop the pipeline and free its memory; returns whether one was held."""
@@ -224,6 +231,24 @@ class Engine:
             if idle and self.release():
                 log.info("released after %.0f s idle", idle_limit)
                 return  # the next load starts a new reaper
+
+
+def read_ahead(settings: Settings, chunk: int = 16 << 20) -> int:
+    """Read the model's weight files once, so the load finds them in the page cache: on a network volume
+    the reads then overlap the imports instead of following them. Returns the bytes read."""
+    from app.weights import model_paths
+
+    paths = model_paths(settings)
+    total, buffer = 0, bytearray(chunk)
+    for folder in (paths.base / "unet", paths.vae, paths.adapter):
+        for path in sorted(Path(folder).glob("*.safetensors")):
+            try:
+                with open(path, "rb", buffering=0) as handle:
+                    while read := handle.readinto(buffer):
+                        total += read
+            except OSError:  # missing or unreadable: the load says what is wrong
+                continue
+    return total
 
 
 def resolve_device(choice: str) -> str:

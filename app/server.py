@@ -80,6 +80,10 @@ class TryOnBody(BaseModel):
     mask_grow: int | None = Field(None, strict=True)
     longer: float | None = Field(None, strict=True)
     keep_photo: bool | None = Field(None, strict=True)
+    draft: bool | None = Field(None, strict=True, description=(
+        "A fast preview: at most TRYON_DRAFT_STEPS steps (20 unless the server sets it), classifier-free "
+        "guidance on the first half of them only. Marked as a draft in the answer and the saved metadata; send "
+        "the same seed without it for the full try-on. Default false."))
     return_image: bool = Field(False, strict=True)
 
 
@@ -218,14 +222,17 @@ def request_options(settings: Settings, body: TryOnBody) -> TryOnOptions:
         for name, value in (("garment_type", body.garment_type), ("steps", body.steps),
                             ("guidance", body.guidance), ("seed", body.seed), ("width", body.width),
                             ("height", body.height), ("mask_blur", body.mask_blur), ("mask_grow", body.mask_grow),
-                            ("longer", body.longer), ("keep_photo", body.keep_photo))})
+                            ("longer", body.longer), ("keep_photo", body.keep_photo), ("draft", body.draft))})
 
 
 def result_answer(saved: SavedResult, return_image: bool, arrived: float, read: float, in_batch: bool = False) -> dict:
     """``width``/``height``: the saved image (the photo's own size with keep_photo); ``generated_width`` and
-    ``generated_height``: the size the model made."""
+    ``generated_height``: the size the model made; ``draft``, ``steps_run`` and ``guidance_steps``: whether
+    it was a fast preview and the denoising it ran (guidance_steps null: guided on every step)."""
     settings = saved.metadata["settings"]
     answer = {"id": saved.id, "output": saved.metadata["image"], "seed": saved.metadata["seed"],
+              "draft": saved.metadata["draft"], "steps_run": settings["steps_run"],
+              "guidance_steps": settings["guidance_steps"],
               "timings": saved.metadata["timings"], "width": saved.metadata["size"][0],
               "height": saved.metadata["size"][1], "generated_width": settings["width"],
               "generated_height": settings["height"], "device": saved.metadata["device"]}
@@ -422,10 +429,12 @@ def health_only_app(settings: Settings, engine: Engine) -> FastAPI:
     return app
 
 
-def serve(settings: Settings, host: str, port: int, share: bool = False, health_port: int | None = None) -> None:
+def serve(settings: Settings, host: str, port: int, share: bool = False, health_port: int | None = None,
+          engine: Engine | None = None) -> None:
+    """Serve until stopped. Pass an ``engine`` already started to overlap its preload with these imports."""
     import uvicorn
 
-    engine = Engine(settings)
+    engine = engine or Engine(settings)
     app = create_app(settings, engine)
     engine.start()
     threading.Thread(target=tidy_results, args=(app.state.service.store,), name="results-upkeep", daemon=True).start()

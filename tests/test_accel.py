@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +95,20 @@ def test_engine_warms_up_before_it_reports_ready(tiny_volume, make_settings, ima
     assert status.state == READY and status.load_timings["warmup"] > 0
     assert status.speed["fuse_qkv"] and status.compile == {"state": "off"}
     assert pipe(**images, steps=2, seed=1, width=64, height=96).image.size == (64, 96)
+
+
+def test_preload_reads_the_weights_ahead_and_starts_once(tiny_volume, make_settings):
+    from app.engine import read_ahead
+    from app.weights import model_paths
+
+    settings = make_settings(tiny_volume, preload=True)
+    paths = model_paths(settings)
+    weights = [p for folder in (paths.base / "unet", paths.vae, paths.adapter) for p in folder.glob("*.safetensors")]
+    assert len(weights) == 3 and read_ahead(settings) == sum(p.stat().st_size for p in weights)
+    engine = Engine(settings)
+    engine.start()
+    engine.start()  # the CLI starts it before the server does: still one load
+    deadline = time.monotonic() + 60
+    while engine.status().state != READY and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.status().state == READY and engine.status().loads == 1
