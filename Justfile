@@ -76,6 +76,10 @@ push-volume:
     : "${IMAGE:?set IMAGE to the image name, e.g. docker.io/you/catvton-volume:1}"
     docker push "$IMAGE"
 
+# Fill the volume's compile cache on a GPU machine, off the serving path (python -m app warm)
+warm-cache *ARGS:
+    ./dev app warm {{ARGS}}
+
 # Check the volume, weights, runtime, GPU and ports
 doctor:
     ./dev app doctor
@@ -94,6 +98,10 @@ plan:
 # (cu126, cu128, cu130 or cpu): a cheap CPU pod with the volume at /workspace spares the GPU workers the build.
 build-runtime BACKEND="cu128":
     TRYON_TORCH_BACKEND={{BACKEND}} bash launcher/entrypoint.sh --build-only
+
+# GPU speed: eager, each speed-up, all together and the reference, parity, memory, cold start (bench/gpu.py)
+bench-gpu *ARGS:
+    ./dev python bench/gpu.py {{ARGS}}
 
 # Launcher benchmarks (warm-start overhead, unpack throughput, import file operations)
 bench-launcher *ARGS:
