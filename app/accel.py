@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -42,18 +44,29 @@ class SpeedPlan:
 
 def plan(settings: Settings, device: str) -> SpeedPlan:
     """What to apply on ``device`` ("cuda" or "cpu") under ``settings``."""
-    if settings.compile == "on":
-        if device == "cuda" and importlib.util.find_spec("triton") is None:
-            raise ModelLoadError("TRYON_COMPILE=on, but Triton is not installed, and torch.compile needs it on "
-                                 "the GPU: install torch's CUDA build (it brings triton) or set TRYON_COMPILE=auto.")
-        compile_on = True
-    elif settings.compile == "auto":
-        compile_on = device == "cuda" and importlib.util.find_spec("triton") is not None
-    else:
-        compile_on = False
+    missing = compile_blocker(device) if settings.compile != "off" else None
+    if settings.compile == "on" and missing:
+        raise ModelLoadError(f"TRYON_COMPILE=on, but {missing}; or set TRYON_COMPILE=auto to serve eager.")
+    if settings.compile == "auto" and device == "cuda" and missing:
+        log.warning("torch.compile is off: %s (TRYON_COMPILE=auto serves eager)", missing)
+    compile_on = settings.compile == "on" or (settings.compile == "auto" and device == "cuda" and not missing)
     warmup = settings.warmup == "on" or (settings.warmup == "auto" and (device == "cuda" or settings.tiny_models))
     return SpeedPlan(compile=compile_on, compile_mode=settings.compile_mode, fuse_qkv=settings.fuse_qkv,
                      channels_last=settings.channels_last, cudnn_benchmark=device == "cuda", warmup=warmup)
+
+
+def compile_blocker(device: str) -> str | None:
+    """Why torch.compile cannot run on ``device`` here, or None: Triton on the GPU, and a C compiler
+    (Triton builds its kernel launchers with one; Inductor's CPU kernels are C++)."""
+    if device == "cuda" and importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (torch's CUDA build brings it)"
+    names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+    if device == "cpu":
+        names = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
+    if not any(shutil.which(name) for name in names):
+        return f"no C{'++' if device == 'cpu' else ''} compiler is installed ({' or '.join(names)}: apt-get " \
+               "install gcc libc6-dev, as Dockerfile.volume does)"
+    return None
 
 
 def apply_eager(pipe, speed: SpeedPlan) -> None:

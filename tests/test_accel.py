@@ -112,3 +112,13 @@ def test_preload_reads_the_weights_ahead_and_starts_once(tiny_volume, make_setti
     while engine.status().state != READY and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.status().state == READY and engine.status().loads == 1
+
+
+def test_compile_needs_a_c_compiler_and_says_so(tmp_path, monkeypatch):
+    from app.errors import ModelLoadError
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler on it
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ModelLoadError, match="no C\\+\\+ compiler .*apt-get install gcc"):
+        accel.plan(Settings.from_env({"TRYON_COMPILE": "on"}, volume=str(tmp_path)), "cpu")
+    assert accel.plan(Settings.from_env({"TRYON_COMPILE": "auto"}, volume=str(tmp_path)), "cpu").compile is False

@@ -50,3 +50,9 @@ def test_the_health_responder_the_launcher_uses_is_in_the_image():
     [apt_line] = re.findall(r"apt-get install[^\n]*", DOCKERFILE)
     tools = [tool for tool in ("socat", "busybox") if re.search(rf"\b{tool}\b", health)]
     assert tools and all(tool in apt_line for tool in tools), (tools, apt_line)
+
+
+def test_the_image_has_the_c_compiler_torch_compile_needs_on_the_gpu():
+    # Triton compiles a small C launcher per kernel at run time; app.accel turns compile off without one.
+    [apt_line] = re.findall(r"apt-get install[^\n]*", DOCKERFILE)
+    assert re.search(r"\bgcc\b", apt_line) and "libc6-dev" in apt_line
