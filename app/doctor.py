@@ -47,6 +47,7 @@ def run_checks(settings: Settings, out=sys.stdout) -> int:
         check_weights(report, settings)
         check_runtime(report, root)
         check_app_source(report, root)
+        check_compile_cache(report, settings)
     check_gpu(report)
     check_port(report, settings)
     verdict = "all checks passed" if not report.failures else f"{report.failures} check(s) failed"
@@ -174,6 +175,27 @@ def check_app_source(report: Report, root: Path) -> None:
         report.ok(f"app code from the volume ({root / 'app'}): updates need no new image")
     else:
         report.ok("app code from the image (no app/ on the volume)")
+
+
+def check_compile_cache(report: Report, settings: Settings) -> None:
+    """Whether workers will start compiled: the volume's compile cache, and the C compiler Triton needs."""
+    if settings.compile == "off":
+        report.ok("torch.compile is off (TRYON_COMPILE=off): workers serve eager")
+        return
+    if not any(shutil.which(name) for name in ("cc", "gcc", "clang")) and not os.environ.get("CC"):
+        report.warn("no C compiler: torch.compile cannot run, workers serve eager",
+                    "apt-get install gcc libc6-dev (Dockerfile.volume has them)")
+    base = settings.layout.cache / "torch"
+    keys = [settings.runtime_key] if settings.runtime_key else \
+        sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    files = [f for key in keys for f in sorted((base / key).glob("*.bin"))]
+    if files:
+        shown = ", ".join(f"{f.parent.name}/{f.name} ({f.stat().st_size / 1e6:.0f} MB)" for f in files[:4])
+        report.ok(f"compile cache: {len(files)} file(s) in {base}: {shown}{' ...' if len(files) > 4 else ''}")
+    else:
+        report.warn(f"no compiled graphs in {base}{' for runtime ' + keys[0] if settings.runtime_key else ''} yet",
+                    "the first GPU worker compiles (about a minute per shape, serving eager meanwhile); "
+                    "just warm-cache on a GPU machine fills it ahead")
 
 
 def check_gpu(report: Report) -> None:

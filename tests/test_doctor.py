@@ -70,3 +70,15 @@ def test_read_only_folder_fails(volume_copy):
 def test_missing_volume_fails(tmp_path):
     done = doctor(tmp_path / "not-mounted")
     assert done.returncode == 1 and "does not exist -> attach the network volume" in done.stdout
+
+
+def test_compile_cache_is_reported(volume_copy):
+    done = doctor(volume_copy)
+    assert f"warn  no compiled graphs in {volume_copy / 'cache' / 'torch'} yet -> the first GPU worker compiles" \
+        in done.stdout
+    cached = volume_copy / "cache" / "torch" / "abc123" / "nvidia-h100-sm90-bf16-default-qkv-cl-768x1024.bin"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x" * 3_000_000)
+    done = doctor(volume_copy)
+    assert "ok    compile cache: 1 file(s)" in done.stdout and "abc123/" + cached.name + " (3 MB)" in done.stdout
+    assert done.returncode == 0
