@@ -7,6 +7,7 @@ runs the held pipeline and stores each result with its sidecar.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -53,13 +54,25 @@ class TryOnOptions:
     mask_grow: int = 0  # pixels; negative shrinks
     longer: float = 0.0  # extend the mask downward by this fraction of the height (dresses, long coats)
     keep_photo: bool = True  # paste the result back into the original photo, in its own size
+    draft: bool = False  # the labelled fast preview: fewer steps, guidance on the early ones only
 
     @classmethod
     def defaults(cls, settings: Settings) -> TryOnOptions:
         return cls(steps=settings.steps, guidance=settings.guidance, seed=settings.seed, width=settings.width,
                    height=settings.height, mask_blur=settings.mask_blur)
 
+    def denoising(self, draft_steps: int) -> tuple[int, int | None]:
+        """(steps run, guidance_steps) of the pipeline call: a full try-on runs ``steps``, all guided
+        (None); a draft at most ``draft_steps`` (TRYON_DRAFT_STEPS), guided on the first half only."""
+        if not self.draft:
+            return self.steps, None
+        steps = min(self.steps, draft_steps)
+        return steps, math.ceil(steps / 2)
+
     def check(self) -> None:
+        if not isinstance(self.draft, bool):
+            raise TryOnInputError(f"draft={quoted(self.draft)} is not usable: use true for a fast preview or "
+                                  "false for the full try-on.")
         if self.garment_type not in GARMENT_TYPES:
             raise TryOnInputError(f"garment_type={quoted(self.garment_type)} is not known: use one of "
                                   f"{', '.join(GARMENT_TYPES)}.")
@@ -96,6 +109,8 @@ class _Job:
     prepared_mask: Image.Image  # blurred: what the pipeline and paste-back use
     options: TryOnOptions
     seed: int
+    steps: int  # denoising steps run: options.steps, or fewer for a draft
+    guidance_steps: int | None  # steps with classifier-free guidance; None: every step
     prepare_s: float = 0.0  # the mask tools, blur and checks before the GPU
 
 
@@ -179,7 +194,7 @@ class TryOnService:
                 jobs[-1].prepare_s = time.perf_counter() - begin
 
         batch_id = uuid.uuid4().hex[:16]
-        total = sum(job.options.steps for job in jobs)
+        total = sum(job.steps for job in jobs)
         saved: list[SavedResult] = []
         done = 0  # steps of the items before this one
         try:
@@ -187,7 +202,7 @@ class TryOnService:
                 item_progress = None if progress is None else batch_progress(progress, done, total)
                 saved.append(self._generate(job, owner, item_progress, new_request=index == 0,
                                             batch={"id": batch_id, "index": index, "size": count}, started=started))
-                done += job.options.steps
+                done += job.steps
         except BaseException as exc:
             log.info("batch %s stopped after %d of %d try-ons (%s)", batch_id, len(saved), count,
                      type(exc).__name__)
@@ -211,7 +226,8 @@ class TryOnService:
             raise TryOnInputError("the mask is empty: paint over the clothes to replace before running.")
         # Random seeds stay below 2**53: exact as JavaScript numbers, so a seed shown in the page replays.
         seed = random.randrange(2**53) if options.seed == -1 else options.seed
-        return _Job(person, garment, mask, prepared_mask, options, seed)
+        steps, guidance_steps = options.denoising(self.settings.draft_steps)
+        return _Job(person, garment, mask, prepared_mask, options, seed, steps, guidance_steps)
 
     @contextmanager
     def admitted(self) -> Iterator[None]:
@@ -267,9 +283,9 @@ class TryOnService:
         held = time.perf_counter()
         try:
             with self.engine.use() as pipe:
-                result = pipe(person=job.person, garment=job.garment, mask=job.prepared_mask, steps=options.steps,
+                result = pipe(person=job.person, garment=job.garment, mask=job.prepared_mask, steps=job.steps,
                               guidance=options.guidance, seed=job.seed, width=options.width, height=options.height,
-                              callback=progress)
+                              callback=progress, guidance_steps=job.guidance_steps)
             self._measured(time.perf_counter() - held)
         finally:
             self._gpu.release()
@@ -281,9 +297,13 @@ class TryOnService:
         # Wall clock from the request's arrival to the save (the answer adds reading and saving).
         timings["total"] = time.perf_counter() - started
         status = self.engine.status()
+        # "settings" is the request as made (a draft's "steps" is the number asked for, so its settings with
+        # draft off replay the full try-on); steps_run and guidance_steps are the pipeline call it made.
         metadata = {
-            "settings": {**asdict(options), "seed": result.seed},
+            "settings": {**asdict(options), "seed": result.seed, "steps_run": job.steps,
+                         "guidance_steps": job.guidance_steps},
             "seed": result.seed,
+            "draft": options.draft,
             "models": {"base": self.settings.base_repo, "vae": self.settings.vae_repo,
                        "adapter": self.settings.adapter_repo, "adapter_version": self.settings.adapter_version,
                        "tiny": self.settings.tiny_models},

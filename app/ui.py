@@ -25,7 +25,7 @@ from app.masking import apply_tools
 from app.outputs import public_metadata
 from app.service import SIZES, TryOnOptions, TryOnService
 from app.ui_api import add_api_endpoints
-from app.ui_gallery import form_values, gallery_page, summary
+from app.ui_gallery import form_values, gallery_page, seed_caption, summary
 from app.ui_panels import editor_panel, gallery_panel, garment_panel, run_panel
 from app.ui_run import (
     USER_ERRORS,
@@ -58,12 +58,14 @@ EDITOR_LOAD_JS = """async (photo, layer) => {
   if (brush) brush.click(); else editor.set_tool('draw');  // the button also tells the editor's toolbar
 }"""
 REUSED = ("garment_type", "steps", "guidance", "random_seed", "seed", "size", "mask_blur", "mask_grow", "longer",
-          "keep_photo")
+          "keep_photo", "draft")
 def status_text(service: TryOnService) -> str:
     status = service.engine.status()
     parts = [f"**Model:** {STATE_TEXT.get(status.state, status.state)}"]
     if status.device:
         parts.append(f"on {status.device} ({status.dtype})")
+    if status.compile.get("state") == "compiling":
+        parts.append("· compiling for speed in the background (try-ons run meanwhile, a little slower)")
     queue = service.queue_state()
     if queue["running"] or queue["waiting"]:
         parts.append(f"· running, {queue['waiting']} waiting")
@@ -146,7 +148,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Bl
                 gr.update(interactive=running))
 
     def try_on(session: Session, editor, garment, garment_type, steps, guidance, random_seed, seed, size,
-               mask_blur, grow, longer, keep_photo, variations, extra_persons, extra_garments,
+               mask_blur, grow, longer, keep_photo, variations, extra_persons, extra_garments, draft,
                request: gr.Request):
         """A run as a stream of progress lines. Errors end it in the same line (never as badges on panels)."""
         skip = [gr.skip()] * 6  # result, compare, inputs view, strip, summary, seed
@@ -159,7 +161,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Bl
             options = TryOnOptions(garment_type=garment_type, steps=int(steps), guidance=float(guidance),
                                    seed=-1 if random_seed else int(seed), width=width, height=height,
                                    mask_blur=float(mask_blur), mask_grow=int(grow), longer=0.15 if longer else 0.0,
-                                   keep_photo=bool(keep_photo))
+                                   keep_photo=bool(keep_photo), draft=bool(draft))
             yield line(None, "Checking the inputs…")
             run = build_request(service, session, editor, garment, extra_persons, extra_garments, options,
                                 bool(random_seed), int(variations or 1))
@@ -168,7 +170,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Bl
             return
         count, clock = len(run.items), StepClock()
         started = time.perf_counter()
-        done, total = 0, options.steps * count
+        done, total = 0, options.denoising(settings.draft_steps)[0] * count
         yield line(0.0, describe(service, 0, total, clock, started, count))
         for event in run_in_thread(service, session, run, request_owner(request)):
             kind = event[0]
@@ -197,9 +199,11 @@ def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Bl
         image = saved_image(first)
         session.last_seed = first.metadata["seed"]
         elapsed = time.perf_counter() - started
-        strip = [(saved_image(r), f"seed {r.metadata['seed']}") for r in results] if len(results) > 1 else []
-        note = f"Done: {len(results)} try-on{'s' if len(results) > 1 else ''} in {elapsed:.1f} s."
-        return (progress_html(1.0, note, "done"), *buttons(False), image, compare_pair(run.first_person, image),
+        strip = [(saved_image(r), seed_caption(r.metadata)) for r in results] if len(results) > 1 else []
+        kind = "draft try-on" if run.options.draft else "try-on"
+        note = f"Done: {len(results)} {kind}{'s' if len(results) > 1 else ''} in {elapsed:.1f} s."
+        shown = gr.update(value=image, label="Result: draft (fast preview)" if run.options.draft else "Result")
+        return (progress_html(1.0, note, "done"), *buttons(False), shown, compare_pair(run.first_person, image),
                 inputs_strip(run.first_person, run.first_mask, run.items[0].garment, image),
                 gr.update(value=strip, visible=bool(strip)), summary(first.metadata), first.metadata["seed"])
 
@@ -255,8 +259,9 @@ def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Bl
             person, auto, garment_type, grow, longer, mask_blur = editor_panel(defaults)
             (garment, person_examples, garment_examples, extra_garments, extra_persons,
              variations) = garment_panel(people, garments)
-            (run, stop, progress, result, compare, inputs_view, strip, run_summary, steps, guidance, random_seed,
-             seed, keep_seed, size, keep_photo) = run_panel(defaults, sizes, default_size)
+            (run, stop, draft, progress, result, compare, inputs_view, strip, run_summary, steps, guidance,
+             random_seed, seed, keep_seed, size, keep_photo) = run_panel(defaults, sizes, default_size,
+                                                                         settings.draft_steps)
         (gallery, newer, page_label, older, selected_row, selected, selected_summary, reuse_button,
          selected_meta) = gallery_panel()
         page, ids = gr.State(0), gr.State([])
@@ -288,7 +293,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Bl
 
         page_outputs = [gallery, ids, page, page_label]
         run_inputs = [session, person, garment, garment_type, steps, guidance, random_seed, seed, size, mask_blur,
-                      grow, longer, keep_photo, variations, extra_persons, extra_garments]
+                      grow, longer, keep_photo, variations, extra_persons, extra_garments, draft]
         run_outputs = [progress, run, stop, result, compare, inputs_view, strip, run_summary, seed]
         running = run.click(try_on, run_inputs, run_outputs, concurrency_id="studio-run",
                             concurrency_limit=settings.queue_max + 1, **quiet)
@@ -305,6 +310,6 @@ def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Bl
         gallery.select(show_selected, [session, ids], [selected, selected_summary, selected_meta, selected_row],
                        **quiet)
         reuse_button.click(reuse, session, [garment_type, steps, guidance, random_seed, seed, size, mask_blur, grow,
-                                            longer, keep_photo], **quiet)  # in the order of REUSED
+                                            longer, keep_photo, draft], **quiet)  # in the order of REUSED
     return demo
 

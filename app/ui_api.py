@@ -15,7 +15,7 @@ from app.guard import request_owner as owner
 from app.outputs import public_metadata
 from app.results_api import PER_PAGE_MAX, results_page
 from app.service import GARMENT_TYPES, BatchItem, TryOnOptions, TryOnService
-from app.ui_gallery import caption, thumbnail
+from app.ui_gallery import caption, seed_caption, thumbnail
 from app.ui_run import USER_ERRORS, read_uploads, saved_image, seeds_for
 
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
@@ -25,21 +25,23 @@ def add_api_endpoints(service: TryOnService, settings: Settings, access: Access)
     """The hidden components and events of the script API; call inside the studio's Blocks."""
     defaults = TryOnOptions.defaults(settings)
 
-    def options(garment_type, steps, guidance, seed, width, height, mask_blur, mask_grow, longer, keep_photo):
+    def options(garment_type, steps, guidance, seed, width, height, mask_blur, mask_grow, longer, keep_photo,
+                draft):
         return TryOnOptions(garment_type=garment_type or "upper", steps=int(steps), guidance=float(guidance),
                             seed=int(seed), width=int(width), height=int(height), mask_blur=float(mask_blur),
-                            mask_grow=int(mask_grow), longer=float(longer), keep_photo=bool(keep_photo))
+                            mask_grow=int(mask_grow), longer=float(longer), keep_photo=bool(keep_photo),
+                            draft=False if draft is None else draft)  # anything else but a bool is refused
 
     def tryon(person: Image.Image, garment: Image.Image, mask: Image.Image | None = None, garment_type="upper",
               steps=defaults.steps, guidance=defaults.guidance, seed=-1, width=defaults.width,
               height=defaults.height, mask_blur=defaults.mask_blur, mask_grow=0, longer=0.0, keep_photo=True,
-              request: gr.Request = None, progress=gr.Progress()):
+              draft=False, request: gr.Request = None, progress=gr.Progress()):
         try:
             if person is None or garment is None:
                 raise gr.Error("person and garment images are required.")
             saved = service.run(person.convert("RGB"), garment, "auto" if mask is None else mask,
                                 options(garment_type, steps, guidance, seed, width, height, mask_blur, mask_grow,
-                                        longer, keep_photo),
+                                        longer, keep_photo, draft),
                                 owner=owner(request),
                                 progress=lambda step, total: progress((step, total), desc="Denoising"))
         except USER_ERRORS as exc:
@@ -49,7 +51,8 @@ def add_api_endpoints(service: TryOnService, settings: Settings, access: Access)
     def tryon_batch(persons: list, garments: list, masks: list | None = None, garment_type="upper",
                     steps=defaults.steps, guidance=defaults.guidance, seed=-1, variations=1,
                     width=defaults.width, height=defaults.height, mask_blur=defaults.mask_blur, mask_grow=0,
-                    longer=0.0, keep_photo=True, request: gr.Request = None, progress=gr.Progress()):
+                    longer=0.0, keep_photo=True, draft=False, request: gr.Request = None,
+                    progress=gr.Progress()):
         try:
             people = read_uploads(persons, "person", settings.max_upload_mb)
             clothes = read_uploads(garments, "garment", settings.max_upload_mb)
@@ -63,11 +66,11 @@ def add_api_endpoints(service: TryOnService, settings: Settings, access: Access)
             items = [BatchItem(person, garment, painted[i] if painted else "auto", seed=s)
                      for i, person in enumerate(people) for garment in clothes for s in seeds]
             saved = service.run_batch(items, options(garment_type, steps, guidance, seed, width, height, mask_blur,
-                                                     mask_grow, longer, keep_photo), owner=owner(request),
+                                                     mask_grow, longer, keep_photo, draft), owner=owner(request),
                                       progress=lambda done, total: progress((done, total), desc="Denoising"))
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from None
-        return ([(saved_image(s), f"seed {s.metadata['seed']}") for s in saved],
+        return ([(saved_image(s), seed_caption(s.metadata)) for s in saved],
                 [public_metadata(s.metadata) for s in saved])
 
     def auto_mask(person: Image.Image, garment_type="upper", mask_grow=0, longer=0.0):
@@ -103,16 +106,21 @@ def add_api_endpoints(service: TryOnService, settings: Settings, access: Access)
                 gr.Number(value=defaults.mask_blur, label="mask_blur (px)"), *tools,
                 gr.Checkbox(value=True, label="keep_photo")]
 
+    def draft_input():
+        return gr.Checkbox(value=False, label=f"draft (fast preview: at most {settings.draft_steps} steps, guidance "
+                           "on the first half only; run again without it for the final)")
+
     with gr.Group(visible=False):
         single = [gr.Image(type="pil", label="person"), gr.Image(type="pil", label="garment"),
                   gr.Image(type="pil", image_mode="L", label="mask (optional: white = replace)"),
-                  garment_type_input(), *settings_inputs(), *size_and_tools()]
+                  garment_type_input(), *settings_inputs(), *size_and_tools(), draft_input()]
         single_out = [gr.Image(type="pil", format="png", label="result"), gr.JSON(label="metadata")]
         batch = [gr.File(file_count="multiple", file_types=["image"], label="persons"),
                  gr.File(file_count="multiple", file_types=["image"], label="garments"),
                  gr.File(file_count="multiple", file_types=["image"], label="masks (optional, one per person)"),
                  garment_type_input(), *settings_inputs(),
-                 gr.Number(value=1, precision=0, label="variations (seeds per pair)"), *size_and_tools()]
+                 gr.Number(value=1, precision=0, label="variations (seeds per pair)"), *size_and_tools(),
+                 draft_input()]
         batch_out = [gr.Gallery(type="pil", format="png", label="results"), gr.JSON(label="metadata")]
         masking = [gr.Image(type="pil", label="person"), garment_type_input(), *size_and_tools(True)]
         mask_out = gr.Image(type="pil", format="png", image_mode="L", label="mask")

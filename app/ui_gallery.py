@@ -11,12 +11,14 @@ from app.outputs import ResultStore, SavedResult
 
 PAGE_SIZE = 12
 GARMENT_LABELS = {"upper": "Upper", "lower": "Lower", "overall": "Dress / overall"}
+DRAFT_LABEL = "Draft"
 
 
 def caption(metadata: dict) -> str:
-    """"Upper · seed 42 · 14:03": what a designer scans a grid for."""
+    """"Upper · seed 42 · 14:03" ("Draft · Upper · ..." for a fast preview): what a designer scans a grid for."""
     settings = metadata.get("settings") or {}
-    parts = [GARMENT_LABELS.get(settings.get("garment_type"), "Try-on")]
+    parts = [DRAFT_LABEL] if metadata.get("draft") else []
+    parts.append(GARMENT_LABELS.get(settings.get("garment_type"), "Try-on"))
     if metadata.get("seed") is not None:
         parts.append(f"seed {metadata['seed']}")
     created = metadata.get("created")
@@ -28,13 +30,28 @@ def caption(metadata: dict) -> str:
     return " · ".join(parts)
 
 
+def seed_caption(metadata: dict) -> str:
+    """"seed 42", or "Draft · seed 42": a result among the others of one run."""
+    seed = f"seed {metadata.get('seed')}"
+    return f"{DRAFT_LABEL} · {seed}" if metadata.get("draft") else seed
+
+
+def denoising_line(metadata: dict) -> str:
+    """How the result was denoised; a draft says what it skipped and how to get the full one."""
+    settings = metadata.get("settings") or {}
+    if not metadata.get("draft"):
+        return f"{settings.get('steps')} steps"
+    return (f"draft: {settings.get('steps_run')} of {settings.get('steps')} steps, guided on the first "
+            f"{settings.get('guidance_steps')} (untick Draft and run again with this seed for the final)")
+
+
 def summary(metadata: dict) -> str:
     """One short paragraph: how the result was made, and where it is."""
     settings = metadata.get("settings") or {}
     timings = metadata.get("timings") or {}
     size = metadata.get("size") or ["?", "?"]
     lines = [f"**{caption(metadata)}**",
-             f"Seed **{metadata.get('seed')}** · {settings.get('steps')} steps · guidance {settings.get('guidance')}"
+             f"Seed **{metadata.get('seed')}** · {denoising_line(metadata)} · guidance {settings.get('guidance')}"
              f" · {settings.get('width')}x{settings.get('height')}"]
     tools = []
     if settings.get("mask_grow"):
@@ -79,4 +96,5 @@ def form_values(metadata: dict, size_labels: dict[str, tuple[int, int]]) -> dict
     return {"garment_type": settings.get("garment_type"), "steps": settings.get("steps"),
             "guidance": settings.get("guidance"), "seed": metadata.get("seed"), "size": size,
             "mask_blur": settings.get("mask_blur"), "mask_grow": settings.get("mask_grow"),
-            "longer": bool(settings.get("longer")), "keep_photo": settings.get("keep_photo")}
+            "longer": bool(settings.get("longer")), "keep_photo": settings.get("keep_photo"),
+            "draft": bool(settings.get("draft"))}

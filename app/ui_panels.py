@@ -72,12 +72,16 @@ def garment_panel(people: list[ExampleImage], garments: list[ExampleImage]):
     return garment, person_examples, garment_examples, extra_garments, extra_persons, variations
 
 
-def run_panel(defaults: TryOnOptions, sizes: dict[str, tuple[int, int]], default_size: str):
+def run_panel(defaults: TryOnOptions, sizes: dict[str, tuple[int, int]], default_size: str, draft_steps: int):
     """Run controls, the result tabs and the settings."""
     with gr.Column(scale=4, min_width=320):
         with gr.Row():
             run = gr.Button("Run try-on", variant="primary", elem_id="run", scale=3)
             stop = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False, scale=1)
+        # Next to Run, not in Settings: a designer must see when a preview is on. Never on by default.
+        draft = gr.Checkbox(value=False, label="Draft (fast preview)", elem_id="draft",
+                            info=f"At most {draft_steps} steps, guidance on the early steps only; untick and run "
+                                 "again (same seed) for the final.")
         progress = gr.HTML(progress_html(None, ""), elem_id="progress")
         with gr.Tabs(elem_id="result-tabs"):
             with gr.Tab("Result", id="result-tab"):
@@ -105,8 +109,8 @@ def run_panel(defaults: TryOnOptions, sizes: dict[str, tuple[int, int]], default
             size = gr.Radio(list(sizes), value=default_size, label="Resolution (width x height)")
             keep_photo = gr.Checkbox(value=True, label="Keep my photo",
                                      info="Paste the result into the original photo, in its own size")
-    return (run, stop, progress, result, compare, inputs_view, strip, run_summary, steps, guidance, random_seed,
-            seed, keep_seed, size, keep_photo)
+    return (run, stop, draft, progress, result, compare, inputs_view, strip, run_summary, steps, guidance,
+            random_seed, seed, keep_seed, size, keep_photo)
 
 
 def gallery_panel():

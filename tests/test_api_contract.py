@@ -92,6 +92,8 @@ CASES = [
     ("longer too long", "POST", "/v1/tryon", body(longer=2), None, 400, "invalid_input", "longer"),
     ("keep_photo as text", "POST", "/v1/tryon", body(keep_photo="yes"), None, 400, "invalid_request", "keep_photo"),
     ("return_image as 1", "POST", "/v1/tryon", body(return_image=1), None, 400, "invalid_request", "return_image"),
+    ("draft as text", "POST", "/v1/tryon", body(draft="yes"), None, 400, "invalid_request", "draft"),
+    ("draft as 1", "POST", "/v1/tryon", body(draft=1), None, 400, "invalid_request", "draft"),
     ("unknown garment type", "POST", "/v1/tryon", body(garment_type="hat"), None, 400, "invalid_input",
      "garment_type"),
     ("garment type of 1 MB", "POST", "/v1/tryon", body(garment_type="x" * 1_000_000), None, 400, "invalid_input",

@@ -84,8 +84,9 @@ def test_rest_batch_of_two_garments_saves_both_with_batch_metadata(client, volum
     assert set(body) == {"batch", "results"} and len(body["results"]) == 2
     sidecars = []
     for index, result in enumerate(body["results"]):
-        assert set(result) == {"id", "output", "seed", "timings", "width", "height", "generated_width",
-                               "generated_height", "device"}
+        assert set(result) == {"id", "output", "seed", "draft", "steps_run", "guidance_steps", "timings", "width",
+                               "height", "generated_width", "generated_height", "device"}
+        assert (result["draft"], result["steps_run"], result["guidance_steps"]) == (False, 2, None)
         assert result["seed"] == 7 and (result["width"], result["height"]) == (64, 96)
         assert (result["generated_width"], result["generated_height"]) == (64, 96)
         sidecar = json.loads((volume / result["output"]).with_suffix(".json").read_text())

@@ -189,6 +189,33 @@ def test_api_errors_reach_the_client_and_result_files_are_not_served(server):
             assert response.status_code in (403, 404), (route, path, response.status_code)
 
 
+def test_gradio_api_takes_a_draft_last_and_marks_its_results(server):
+    from gradio_client import Client, handle_file
+
+    client = Client(server["url"] + "/", verbose=False)
+    api = client.view_api(return_format="dict", print_info=False)
+    for endpoint in ("/tryon", "/tryon_batch"):  # appended with a default: older positional calls still work
+        last = api["named_endpoints"][endpoint]["parameters"][-1]
+        assert (last["parameter_name"], last["parameter_default"]) == ("draft", False), endpoint
+    examples = ROOT / "assets" / "examples"
+    person, garment = handle_file(str(examples / "person-1.png")), handle_file(str(examples / "garment-1.png"))
+    mask = handle_file(str(examples / "mask-1.png"))
+    _image, full = client.predict(person, garment, mask, "upper", 30, 2.5, 4, 64, 96, 9, 0, 0.0, False,
+                                  api_name="/tryon")
+    _image, draft = client.predict(person, garment, mask, "upper", 30, 2.5, 4, 64, 96, 9, 0, 0.0, False, True,
+                                   api_name="/tryon")
+    assert full["draft"] is False and full["settings"]["steps_run"] == 30
+    assert draft["draft"] is True and (draft["settings"]["steps_run"], draft["settings"]["guidance_steps"]) == (20, 10)
+    gallery, metadata = client.predict([person], [garment], None, "upper", 30, 2.5, 5, 2, 64, 96, 0, 0, 0.0, False,
+                                       True, api_name="/tryon_batch")
+    assert [m["draft"] for m in metadata] == [True, True]
+    assert [item["caption"] for item in gallery] == ["Draft · seed 5", "Draft · seed 6"]
+    shown, _page = client.predict(1, 4, api_name="/gallery")
+    assert [item["caption"].startswith("Draft · ") for item in shown] == [True, True, True, False]
+    with pytest.raises(Exception, match="draft='yes' is not usable"):
+        client.predict(person, garment, mask, "upper", 2, 2.5, 4, 64, 96, 9, 0, 0.0, False, "yes", api_name="/tryon")
+
+
 def gallery_as(client: httpx.Client, session_hash: str) -> dict:
     """The /gallery endpoint called raw (queue/join + the event stream) under a chosen session hash."""
     config = client.get("/config").json()

@@ -369,6 +369,22 @@ def test_batch_of_garments_with_compare_and_reuse(page, studio):
     assert not page.locator("#random-seed input").is_checked()
 
 
+def test_a_draft_is_ticked_next_to_run_and_its_result_is_labelled(page, studio):
+    assert not page.locator("#draft input").is_checked()  # never on by default
+    assert "early steps only" in page.locator("#draft").inner_text()
+    page.locator("#examples-person .thumbnail-item").first.click()
+    page.locator("#examples-garment .thumbnail-item").first.click()
+    page.wait_for_timeout(1500)
+    page.locator("#draft input").check()
+    (made,) = run_and_wait(page, studio["volume"])
+    assert made["draft"] is True and made["settings"]["steps_run"] == 3  # TRYON_STEPS=3, under the draft's 20
+    assert "draft try-on" in page.locator("#progress").inner_text()
+    assert page.locator("#summary").inner_text().startswith("Draft · ")
+    assert "draft (fast preview)" in page.locator("#result").inner_text()
+    page.wait_for_function("() => document.querySelector('#gallery .caption-label')?.innerText.startsWith('Draft')",
+                           timeout=10_000)
+
+
 @pytest.mark.parametrize("viewport", [(390, 844)])
 def test_phone_layout_fits_the_screen(browser, studio, viewport):
     context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, device_scale_factor=2)
