@@ -60,11 +60,16 @@ VAE_CONFIG = {
 }
 
 
-def write_tiny_models(models_dir: Path | str, settings: Settings | None = None, seed: int = 0) -> ModelPaths:
+def write_tiny_models(models_dir: Path | str, settings: Settings | None = None, seed: int = 0, *,
+                      unet_config: dict | None = None, vae_config: dict | None = None, adapter_std: float = 0.3,
+                      device: str = "cpu", with_parser: bool = True) -> ModelPaths:
     """Write the tiny set under ``models_dir/<org>/<repo>/`` and return the folders the pipeline takes.
 
     Each repo folder is built under a temporary name and renamed into place, so a crash never
-    leaves a half-written model behind.
+    leaves a half-written model behind. ``unet_config`` and ``vae_config`` replace the tiny sizes
+    (bench/gpu.py writes the full SD-1.5 sizes this way), ``adapter_std`` is the spread of the random
+    adapter weights, and ``device`` is where the weights are initialised (a GPU makes full-size ones
+    in seconds). The tiny human parser comes along unless ``with_parser`` is False.
     """
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -77,27 +82,30 @@ def write_tiny_models(models_dir: Path | str, settings: Settings | None = None, 
     paths = model_paths(settings, models_dir)
     torch.manual_seed(seed)
 
-    unet = UNet2DConditionModel(**UNET_CONFIG)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**(unet_config or UNET_CONFIG))
+        vae = AutoencoderKL(**(vae_config or VAE_CONFIG))
     with _staged(models_dir / settings.base_repo) as base:
         # The fp16 variant, as the volume's selective download keeps it.
         unet.save_config(base / "unet")
-        save_file({k: v.detach().to(torch.float16).contiguous() for k, v in unet.state_dict().items()},
+        save_file({k: v.detach().to(torch.float16).contiguous().cpu() for k, v in unet.state_dict().items()},
                   str(base / "unet" / UNET_WEIGHTS[0]), metadata={"format": "pt"})
         (base / "scheduler").mkdir()
         (base / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
 
     with _staged(models_dir / settings.vae_repo) as vae_dir:
-        AutoencoderKL(**VAE_CONFIG).save_pretrained(vae_dir, safe_serialization=True)
+        vae.to("cpu").save_pretrained(vae_dir, safe_serialization=True)
 
     params = dict(unet.named_parameters())
     with _staged(models_dir / settings.adapter_repo) as adapter_root:
         for offset, folder in enumerate(ADAPTER_FOLDERS.values()):
             generator = torch.Generator().manual_seed(seed + 1 + offset)
-            state = {key: torch.randn(params[name].shape, generator=generator) * 0.3
+            state = {key: torch.randn(params[name].shape, generator=generator) * adapter_std
                      for key, name in adapter_state_keys(unet).items()}
             (adapter_root / folder / "attention").mkdir(parents=True)
             save_file(state, str(adapter_root / folder / "attention" / ADAPTER_FILE), metadata={"format": "pt"})
-    write_tiny_parser(models_dir / settings.parser_repo, seed=seed)
+    if with_parser:
+        write_tiny_parser(models_dir / settings.parser_repo, seed=seed)
     return paths
 
 

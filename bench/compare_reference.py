@@ -5,7 +5,8 @@ Usage: python bench/compare_reference.py --reference PATH/TO/CatVTON-checkout [-
 Both pipelines load the same tiny model set (python -m app tiny-models), get the same inputs and
 seed, and run on the CPU in fp32. The reference's VAE encode draws a posterior *sample* from the
 global RNG; the design takes the posterior mode (the real VAE's spread is negligible), so for the
-comparison the reference's sampling is pointed at the mode. Prints the max pixel difference.
+comparison the reference's sampling is pointed at the mode (bench/reference.py). Prints the max
+pixel difference.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.pipeline import CatVTONPipeline  # noqa: E402
 from app.tiny_models import write_tiny_models  # noqa: E402
+from bench.reference import load_reference  # noqa: E402
 
 
 def inputs(seed: int = 3):
@@ -32,28 +34,6 @@ def inputs(seed: int = 3):
     mask = Image.new("L", person.size, 0)
     ImageDraw.Draw(mask).ellipse((40, 80, 210, 260), fill=255)
     return person, garment, mask
-
-
-def reference_pipeline(reference: Path, paths):
-    sys.path.insert(0, str(reference))
-    from accelerate import load_checkpoint_in_model
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-    from model.attn_processor import SkipAttnProcessor
-    from model.pipeline import CatVTONPipeline as Reference
-    from model.utils import get_trainable_module, init_adapter
-
-    DiagonalGaussianDistribution.sample = lambda self, generator=None: self.mode()
-    ref = Reference.__new__(Reference)
-    ref.device, ref.weight_dtype, ref.skip_safety_check = "cpu", torch.float32, True
-    ref.noise_scheduler = DDIMScheduler.from_pretrained(paths.base, subfolder="scheduler")
-    ref.vae = AutoencoderKL.from_pretrained(paths.vae)
-    ref.unet = UNet2DConditionModel.from_pretrained(paths.base, subfolder="unet", variant="fp16",
-                                                    torch_dtype=torch.float32)
-    init_adapter(ref.unet, cross_attn_cls=SkipAttnProcessor)
-    ref.attn_modules = get_trainable_module(ref.unet, "attention")
-    load_checkpoint_in_model(ref.attn_modules, str(paths.adapter))
-    return ref
 
 
 def main() -> None:
@@ -68,7 +48,7 @@ def main() -> None:
         paths = write_tiny_models(Path(tmp) / "models")
         ours = CatVTONPipeline.from_pretrained(paths.base, paths.vae, paths.adapter, device="cpu",
                                                dtype=torch.float32)
-        ref = reference_pipeline(args.reference, paths)
+        ref = load_reference(args.reference, paths)
         person, garment, mask = inputs()
         for guidance in (2.5, 1.0):
             for width, height in ((64, 96), (96, 128)):
