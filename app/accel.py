@@ -32,13 +32,15 @@ class SpeedPlan:
     channels_last: bool
     cudnn_benchmark: bool
     warmup: bool
+    compile_tuning: bool = False  # Inductor's tuning for convolution-heavy GPU graphs (COMPILE_TUNING)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def profile(self, device_label: str, dtype: str, width: int, height: int) -> str:
         """Names the compiled graphs: what they were made for and with."""
-        flags = "-".join(name for name, on in (("qkv", self.fuse_qkv), ("cl", self.channels_last)) if on) or "plain"
+        flags = "-".join(name for name, on in (("qkv", self.fuse_qkv), ("cl", self.channels_last),
+                                               ("tuned", self.compile_tuning)) if on) or "plain"
         return f"{device_label}-{dtype}-{self.compile_mode}-{flags}-{width}x{height}"
 
 
@@ -51,7 +53,8 @@ def plan(settings: Settings, device: str) -> SpeedPlan:
         log.warning("torch.compile is off: %s (TRYON_COMPILE=auto serves eager)", missing)
     compile_on = settings.compile == "on" or (settings.compile == "auto" and device == "cuda" and not missing)
     warmup = settings.warmup == "on" or (settings.warmup == "auto" and (device == "cuda" or settings.tiny_models))
-    return SpeedPlan(compile=compile_on, compile_mode=settings.compile_mode, fuse_qkv=settings.fuse_qkv,
+    return SpeedPlan(compile=compile_on, compile_mode=settings.compile_mode, compile_tuning=settings.compile_tuning,
+                     fuse_qkv=settings.fuse_qkv,
                      channels_last=settings.channels_last, cudnn_benchmark=device == "cuda", warmup=warmup)
 
 
@@ -99,6 +102,13 @@ def fuse_self_attention(unet) -> int:
     return len(modules)
 
 
+# What PyTorch's guide to compiling diffusion UNets turns on: 1x1 convolutions as matmuls, Triton kernels
+# refined by coordinate descent, no epilogue fusion (it fights max-autotune's GEMM templates). Longer
+# compiles; bench/gpu.py's compile_tuned row measures whether they pay (TRYON_COMPILE_TUNING).
+COMPILE_TUNING = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False,
+                  "coordinate_descent_check_all_directions": True}
+
+
 def warm_shapes(pipe, settings: Settings) -> list[tuple[int, ...]]:
     """The UNet inputs worth compiling: the default size guided (the usual request) and unguided
     (guidance <= 1 and a draft's later steps)."""
@@ -116,7 +126,10 @@ def compile_unet(pipe, speed: SpeedPlan, shapes: list[tuple[int, ...]], done=Non
     if pipe.compiled_unet is None:
         pipe.compiled_unet = torch.compile(pipe.unet, mode=speed.compile_mode, dynamic=False)
     timestep = torch.tensor(500, device=pipe.device)
-    with torch.no_grad():
+    import torch._inductor.config as inductor_config
+
+    tuning = inductor_config.patch(COMPILE_TUNING if speed.compile_tuning else {})
+    with torch.no_grad(), tuning:
         for shape in shapes:
             sample = torch.zeros(shape, device=pipe.device, dtype=pipe.dtype)
             shape_started = time.perf_counter()

@@ -76,6 +76,9 @@ class Settings:
     compile_mode: str = _setting(
         "default", "torch.compile mode; max-autotune-no-cudagraphs benchmarks kernels (a longer first compile).",
         choices=("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"))
+    compile_tuning: bool = _setting(
+        False, "Compile with Inductor's tuning for convolution-heavy GPU graphs (1x1 convolutions as matmuls, "
+        "coordinate-descent kernel tuning): a longer first compile; bench/gpu.py measures whether it pays.")
     fuse_qkv: bool = _setting(True, "Fuse each self-attention's query, key and value projections into one matmul.")
     channels_last: bool = _setting(True, "Hold the UNet and VAE in channels_last memory format (faster convolutions "
                                    "on GPUs).")

@@ -76,9 +76,10 @@ FULL_ADAPTER_STD = 0.02
 
 # Variant -> the speed-ups it turns on over eager; "all" is app.accel.plan's default for the device.
 SINGLE_SPEEDUPS = {"eager": {}, "fuse_qkv": {"fuse_qkv": True}, "channels_last": {"channels_last": True},
-                   "cudnn_benchmark": {"cudnn_benchmark": True}, "compile": {"compile": True}}
-SPEEDUP_FLAGS = ("fuse_qkv", "channels_last", "cudnn_benchmark", "compile")
-VARIANTS = ("eager", "fuse_qkv", "channels_last", "cudnn_benchmark", "all", "compile", "reference")
+                   "cudnn_benchmark": {"cudnn_benchmark": True}, "compile": {"compile": True},
+                   "compile_tuned": {"compile": True, "compile_tuning": True}}
+SPEEDUP_FLAGS = ("fuse_qkv", "channels_last", "cudnn_benchmark", "compile", "compile_tuning")
+VARIANTS = ("eager", "fuse_qkv", "channels_last", "cudnn_benchmark", "all", "compile", "compile_tuned", "reference")
 SECTIONS = ("flops", "parity", "first_request", "draft", "cold")
 DEFAULTS = {  # per device: size, steps, repeats, parity size and steps
     "cuda": {"width": 768, "height": 1024, "steps": 50, "repeats": 2, "parity": (384, 512), "parity_steps": 10},
@@ -861,6 +862,8 @@ def run_step(bench: Bench, step: str, images: dict) -> None:
     variants = results["variants"]
     if step == "cudnn_benchmark" and not bench.is_cuda:
         variants[step] = {"note": "skipped: cuDNN is CUDA only"}
+    elif step == "compile_tuned" and not bench.is_cuda:
+        variants[step] = {"note": "skipped: the tuning flags are for Triton's GPU kernels"}
     elif step in ("reference", "parity") and args.reference is None:
         (variants if step == "reference" else results)[step] = {"note": "skipped: no --reference checkout given"}
     elif step in VARIANTS:

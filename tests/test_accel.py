@@ -74,6 +74,8 @@ def test_plan_follows_the_settings_and_the_device(tmp_path):
                                         "TRYON_WARMUP": "off"}, volume=str(tmp_path)), "cuda")
     assert (off.fuse_qkv, off.channels_last, off.warmup, off.cudnn_benchmark) == (False, False, False, True)
     assert "sm90-bf16-default-qkv-cl-768x1024" in accel.plan(settings, "cuda").profile("h100-sm90", "bf16", 768, 1024)
+    tuned = accel.plan(Settings.from_env({"TRYON_COMPILE_TUNING": "1"}, volume=str(tmp_path)), "cuda")
+    assert tuned.profile("h100-sm90", "bf16", 768, 1024).endswith("-qkv-cl-tuned-768x1024")  # its own cache file
 
 
 def test_engine_warms_up_before_it_reports_ready(tiny_volume, make_settings, images):
