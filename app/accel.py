@@ -52,7 +52,7 @@ def plan(settings: Settings, device: str) -> SpeedPlan:
     if settings.compile == "auto" and device == "cuda" and missing:
         log.warning("torch.compile is off: %s (TRYON_COMPILE=auto serves eager)", missing)
     compile_on = settings.compile == "on" or (settings.compile == "auto" and device == "cuda" and not missing)
-    warmup = settings.warmup == "on" or (settings.warmup == "auto" and (device == "cuda" or settings.tiny_models))
+    warmup = settings.warmup == "on" or (settings.warmup == "auto" and device == "cuda")
     return SpeedPlan(compile=compile_on, compile_mode=settings.compile_mode, compile_tuning=settings.compile_tuning,
                      fuse_qkv=settings.fuse_qkv,
                      channels_last=settings.channels_last, cudnn_benchmark=device == "cuda", warmup=warmup)

@@ -84,7 +84,8 @@ class Settings:
                                    "on GPUs).")
     warmup: str = _setting(
         "auto", "Run a short try-on at the default size after loading, before reporting ready, so the first request "
-        "is as fast as the rest: auto (on GPUs and with tiny models), on, or off.", choices=("auto", "on", "off"))
+        "is as fast as the rest: auto (on GPUs: on a CPU it costs a slow try-on and selects no kernels), on, or off.",
+        choices=("auto", "on", "off"))
     runtime_key: str = _setting(
         "", "The runtime's key, set by the launcher; names the compile cache folder $TRYON_VOLUME/cache/torch/<key>. "
         "Unset: derived from the Python, torch and Triton versions.")

@@ -69,7 +69,9 @@ def test_plan_follows_the_settings_and_the_device(tmp_path):
     assert (cpu.compile, cpu.cudnn_benchmark, cpu.warmup, cpu.fuse_qkv, cpu.channels_last) == \
         (False, False, False, True, True)
     assert accel.plan(Settings.from_env({"TRYON_COMPILE": "on"}, volume=str(tmp_path)), "cpu").compile
-    assert accel.plan(Settings.from_env({}, volume=str(tmp_path), tiny_models=True), "cpu").warmup
+    assert not accel.plan(Settings.from_env({}, volume=str(tmp_path), tiny_models=True), "cpu").warmup
+    assert accel.plan(Settings.from_env({"TRYON_WARMUP": "on"}, volume=str(tmp_path)), "cpu").warmup
+    assert accel.plan(settings, "cuda").warmup
     off = accel.plan(Settings.from_env({"TRYON_FUSE_QKV": "0", "TRYON_CHANNELS_LAST": "off",
                                         "TRYON_WARMUP": "off"}, volume=str(tmp_path)), "cuda")
     assert (off.fuse_qkv, off.channels_last, off.warmup, off.cudnn_benchmark) == (False, False, False, True)
