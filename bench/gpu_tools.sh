@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TOOLS=.bench-tools
 PIP=${PIP:-.venv/bin/pip}
 PYTHON=${PYTHON:-.venv/bin/python}
-DEVICE_PYTHON=3.12  # python3 on the GPU image (/work/.library/device/KINDS.md)
+DEVICE_PYTHON=3.12  # the lent GPU machine's python3 (see the device notes of the tool library)
 # The reference pipeline's own imports: model/pipeline.py pulls in the other three.
 REFERENCE_FILES=(model/pipeline.py model/attn_processor.py model/utils.py utils.py LICENSE)
 
