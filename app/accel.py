@@ -117,7 +117,7 @@ def warm_shapes(pipe, settings: Settings) -> list[tuple[int, ...]]:
     return shapes if settings.guidance > 1.0 else shapes[1:]
 
 
-def compile_unet(pipe, speed: SpeedPlan, shapes: list[tuple[int, ...]], done=None) -> float:
+def compile_unet(pipe, speed: SpeedPlan, shapes: list[tuple[int, ...]]) -> float:
     """Compile the UNet for each shape (the graphs come from the caches when they hold them) and
     switch the pipeline over shape by shape; returns the seconds spent."""
     import torch
@@ -139,8 +139,6 @@ def compile_unet(pipe, speed: SpeedPlan, shapes: list[tuple[int, ...]], done=Non
             pipe.compiled_shapes = pipe.compiled_shapes | {tuple(shape)}
             log.info("UNet compiled for input %s in %.1f s", "x".join(map(str, shape)),
                      time.perf_counter() - shape_started)
-            if done is not None:
-                done(shape)
     return time.perf_counter() - started
 
 

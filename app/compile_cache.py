@@ -15,6 +15,7 @@ import platform
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from app.config import Settings
@@ -91,6 +92,7 @@ class CompileCache:
         data = artifacts[0]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale_temps(self.path.parent)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
             try:
                 os.fchmod(fd, 0o644)  # mkstemp makes 0600; every worker of the volume reads it
@@ -113,6 +115,19 @@ class CompileCache:
             os.replace(self.path, self.path.with_name(f"{self.path.name}.bad-{os.getpid()}"))
         except OSError:
             pass
+
+
+def sweep_stale_temps(folder: Path, older_than_s: float = 3600.0) -> int:
+    """Remove temporary files that workers killed mid-write left behind (a live write is seconds old)."""
+    removed = 0
+    for path in folder.glob(".*.tmp"):
+        try:
+            if time.time() - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed += 1
+        except OSError:  # another worker swept it first
+            continue
+    return removed
 
 
 def _slug(text: str) -> str:

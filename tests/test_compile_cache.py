@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from app.compile_cache import CompileCache, cache_folder, runtime_key
+from app.compile_cache import CompileCache, cache_folder, runtime_key, sweep_stale_temps
 from app.config import Settings
 from tests.conftest import ROOT
 
@@ -103,3 +103,14 @@ def test_runtime_key_names_the_folder(tmp_path):
     derived = runtime_key(Settings.from_env({}, volume=str(tmp_path)))
     assert derived.startswith("dev-") and derived == runtime_key(Settings.from_env({}, volume=str(tmp_path)))
     assert runtime_key(Settings.from_env({}, volume=str(tmp_path), runtime_key="../../etc")) == "etc"
+
+
+def test_temp_files_of_killed_writers_are_swept_but_live_ones_kept(tmp_path):
+    dead, live = tmp_path / ".profile.bin.abc.tmp", tmp_path / ".profile.bin.def.tmp"
+    kept = tmp_path / "profile.bin"
+    for path in (dead, live, kept):
+        path.write_bytes(b"x")
+    os.utime(dead, (os.path.getatime(dead), os.path.getmtime(dead) - 7200))
+    os.utime(kept, (os.path.getatime(kept), os.path.getmtime(kept) - 7200))
+    assert sweep_stale_temps(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, kept.name]
