@@ -11,21 +11,30 @@ from app.errors import error_body
 log = logging.getLogger(__name__)
 
 
-class BodyLimit:
-    """REST bodies over the limit are refused before they are read: by Content-Length, or while streaming
-    when there is none (chunked)."""
+UPLOAD_PATH = "/gradio_api/upload"
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+
+class BodyLimit:
+    """Request bodies over the limit are refused before they are read, on every route (REST, Gradio's
+    queue and API calls, logins): by Content-Length, or while streaming when there is none (chunked).
+    Gradio's upload route takes a batch's files in one body: its own limit, ``upload_limit``."""
+
+    def __init__(self, app, limit: int, upload_limit: int | None = None):
+        self.app, self.limit, self.upload_limit = app, limit, upload_limit or limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or scope["path"] == "/ping":
             await self.app(scope, receive, send)
             return
-        message = (f"the request body is over {self.limit / 1e6:g} MB (TRYON_MAX_BODY_MB): send large images "
-                   "as paths under inputs/ and batches in smaller requests.")
+        limit = self.upload_limit if scope["path"] == UPLOAD_PATH else self.limit
+        if scope["path"].startswith("/v1/"):
+            message = (f"the request body is over {limit / 1e6:g} MB (TRYON_MAX_BODY_MB): send large images "
+                       "as paths under inputs/ and batches in smaller requests.")
+        else:
+            message = (f"the request body is over {limit / 1e6:g} MB: upload files one batch at a time, each "
+                       "within TRYON_MAX_UPLOAD_MB.")
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             response = JSONResponse(error_body("too_large", message), status_code=413)
             await response(scope, receive, send)
             return
@@ -38,7 +47,7 @@ class BodyLimit:
             event = await receive()
             if event["type"] == "http.request":
                 received += len(event.get("body", b""))
-                if received > self.limit:  # answer now; the app sees the client gone and its answer is dropped
+                if received > limit:  # answer now; the app sees the client gone and its answer is dropped
                     refused = True
                     await JSONResponse(error_body("too_large", message), status_code=413)(scope, receive, send)
                     return {"type": "http.disconnect"}

@@ -117,15 +117,22 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
     if ui:
         import gradio as gr
 
+        from app.gradio_door import FileLedger, GradioDoor, Limits, Streams
+        from app.imaging import MAX_PIXELS
         from app.ui import build_ui
         from app.ui_panels import STUDIO_CSS
 
-        blocks = build_ui(service, settings, access)
+        streams = Streams()
+        blocks = build_ui(service, settings, access, streams)
         blocks.queue(max_size=settings.queue_max, default_concurrency_limit=1)
         app = gr.mount_gradio_app(app, blocks, path="/", auth_dependency=gradio_user, show_error=True,
                                   footer_links=["api"], css=STUDIO_CSS,
                                   max_file_size=int(settings.max_upload_mb * 1_000_000))
-    app.add_middleware(BodyLimit, limit=int(settings.max_body_mb * 1_000_000))
+        app.add_middleware(GradioDoor, blocks=blocks, identity_of=identity_of, ledger=FileLedger(), streams=streams,
+                           limits=Limits(int(settings.max_upload_mb * 1_000_000), MAX_PIXELS),
+                           retry_after=service.retry_after)
+    app.add_middleware(BodyLimit, limit=int(settings.max_body_mb * 1_000_000),
+                       upload_limit=int(settings.max_upload_mb * 1_000_000) * (settings.batch_max + 2))
     app.add_middleware(CatchAll)
     app.add_middleware(Guard, access=access)
     return app

@@ -20,6 +20,7 @@ from app.config import Settings
 from app.editor import mask_layer, redraw_auto
 from app.errors import GenerationCancelled
 from app.examples import example_garments, example_people
+from app.gradio_door import Streams
 from app.guard import request_owner
 from app.masking import apply_tools
 from app.outputs import public_metadata
@@ -91,7 +92,9 @@ def signed_in_line(request: gr.Request) -> str:
     return f'Signed in as <b>{name}</b> · <a href="logout" target="_self">Sign out</a>'  # same tab, not a new one
 
 
-def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Blocks:
+def build_ui(service: TryOnService, settings: Settings, access: Access, streams: Streams | None = None) -> gr.Blocks:
+    """The studio's Blocks. ``streams`` (from app.gradio_door) tells when a page has left: its run stops."""
+    streams = streams or Streams()
     defaults = TryOnOptions.defaults(settings)
     sizes = {size_label(w, h): (w, h) for w, h in SIZES.values()}
     default_size = size_label(defaults.width, defaults.height)
@@ -101,8 +104,14 @@ def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Bl
 
     # -- the editor -----------------------------------------------------------------------------
 
+    def example_at(examples: list, event: gr.SelectData):
+        index = event.index
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(examples):
+            raise gr.Error("there is no such example: pick one of those shown.")
+        return examples[index]
+
     def load_person(session: Session, event: gr.SelectData):
-        example = people[event.index]
+        example = example_at(people, event)
         with Image.open(example.path) as image:
             photo = image.convert("RGB")
         session.set_photo(photo)
@@ -110,7 +119,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Bl
         return photo, None
 
     def load_garment(event: gr.SelectData):
-        example = garments[event.index]
+        example = example_at(garments, event)
         return str(example.path), example.garment_type or gr.skip()
 
     def auto_for(session: Session, photo: Image.Image, garment_type: str, grow, longer) -> Image.Image:
@@ -173,6 +182,8 @@ def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Bl
         done, total = 0, options.denoising(settings.draft_steps)[0] * count
         yield line(0.0, describe(service, 0, total, clock, started, count))
         for event in run_in_thread(service, session, run, request_owner(request)):
+            if streams.gone(request.session_hash):  # the page was closed or reloaded: nobody waits for this run
+                session.cancel.set()
             kind = event[0]
             if kind == "step":
                 done, total = event[1], event[2]
@@ -269,7 +280,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access) -> gr.Bl
             editor_photo = gr.Image(type="pil", format="png", image_mode="RGB", elem_id="editor-photo")
             editor_layer = gr.Image(type="pil", format="png", image_mode="RGBA", elem_id="editor-layer")
 
-        add_api_endpoints(service, settings, access)
+        add_api_endpoints(service, settings, access, streams)
 
         # -- events ----------------------------------------------------------------------------
         quiet = {"api_visibility": "private", "show_progress": "hidden"}

@@ -11,6 +11,8 @@ from PIL import Image
 
 from app.access import Access
 from app.config import Settings
+from app.errors import GenerationCancelled
+from app.gradio_door import Streams
 from app.guard import request_owner as owner
 from app.outputs import public_metadata
 from app.results_api import PER_PAGE_MAX, results_page
@@ -21,9 +23,17 @@ from app.ui_run import USER_ERRORS, read_uploads, saved_image, seeds_for
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 
 
-def add_api_endpoints(service: TryOnService, settings: Settings, access: Access) -> None:
+def add_api_endpoints(service: TryOnService, settings: Settings, access: Access, streams: Streams) -> None:
     """The hidden components and events of the script API; call inside the studio's Blocks."""
     defaults = TryOnOptions.defaults(settings)
+
+    def reporter(request: gr.Request, progress: gr.Progress):
+        """Steps to the caller's progress; stops the run between steps once the caller has left."""
+        def report(done: int, total: int) -> None:
+            if streams.gone(getattr(request, "session_hash", None)):
+                raise GenerationCancelled(f"the client went away; stopped at step {done} of {total}")
+            progress((done, total), desc="Denoising")
+        return report
 
     def options(garment_type, steps, guidance, seed, width, height, mask_blur, mask_grow, longer, keep_photo,
                 draft):
@@ -42,8 +52,7 @@ def add_api_endpoints(service: TryOnService, settings: Settings, access: Access)
             saved = service.run(person.convert("RGB"), garment, "auto" if mask is None else mask,
                                 options(garment_type, steps, guidance, seed, width, height, mask_blur, mask_grow,
                                         longer, keep_photo, draft),
-                                owner=owner(request),
-                                progress=lambda step, total: progress((step, total), desc="Denoising"))
+                                owner=owner(request), progress=reporter(request, progress))
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from None
         return saved_image(saved), public_metadata(saved.metadata)
@@ -67,7 +76,7 @@ def add_api_endpoints(service: TryOnService, settings: Settings, access: Access)
                      for i, person in enumerate(people) for garment in clothes for s in seeds]
             saved = service.run_batch(items, options(garment_type, steps, guidance, seed, width, height, mask_blur,
                                                      mask_grow, longer, keep_photo, draft), owner=owner(request),
-                                      progress=lambda done, total: progress((done, total), desc="Denoising"))
+                                      progress=reporter(request, progress))
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from None
         return ([(saved_image(s), seed_caption(s.metadata)) for s in saved],

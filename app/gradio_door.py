@@ -1,0 +1,568 @@
+"""The Gradio door: the same rules for the studio, ``gradio_client`` scripts and Gradio's file routes as REST has.
+
+An ASGI layer under :mod:`app.guard` (the caller's identity is known) and over Gradio's routes. Gradio alone
+trusts the client with too much here: mounted with ``gr.mount_gradio_app`` (never ``launch()``), its
+upload-folder check is skipped altogether (``processing_utils._check_allowed`` returns early while
+``blocks.has_launched`` is false), so a file input given as any path was copied into its cache; and its
+session state, event streams and cached files are keyed by what the client sends. So this layer:
+
+- **files**: every file given to any event, named or not, must be one this caller uploaded here or was
+  sent by this server (an output, an example), a regular file within the upload size, and for image
+  inputs a readable image within the pixel limit; checked before Gradio opens anything
+  (:class:`FileLedger`, :func:`check_inputs`). ``/gradio_api/file=`` serves a cached file only to them;
+- **sessions**: the client's ``session_hash`` is replaced by a key derived from it *and the owner*, so
+  another identity with the same hash reaches other state and other streams (:meth:`GradioDoor.session_key`);
+  ``/call/.../{event_id}`` answers only the identity that started the event;
+- **values**: numbers, switches and choices are checked strictly by the event's own components, with the
+  app's sentences naming the field (Gradio's 422 shape, which its clients show as such);
+- **leaving**: an event stream that closes and is not reopened marks its session gone (:class:`Streams`);
+  the studio and the script endpoints stop their run at the next step, as REST does on a hang-up;
+- **everything else** under ``/gradio_api/`` that the app does not use (streams, proxies, monitoring...)
+  is answered 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import secrets
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode
+
+import anyio
+from fastapi.responses import JSONResponse
+
+from app.errors import error_body
+
+log = logging.getLogger(__name__)
+
+API = "/gradio_api"
+GRACE_S = 2.0  # a stream closed for this long, and not reopened, means the client has left
+# Gradio routes the app uses that take no file and no session: passed through as they are.
+OPEN_API = {"/info", "/info/", "/openapi.json", "/startup-events", "/app_id", "/app_id/", "/user", "/user/",
+            "/login_check", "/login_check/", "/reset", "/reset/", "/theme.css"}
+# Gradio routes outside /gradio_api that the app does not serve.
+CLOSED_PAGES = ("/monitoring", "/vibe-edit", "/undo-vibe-edit", "/vibe-code", "/runs", "/dev/", "/login/",
+                "/gradio_api/deep_link")
+IMAGE_COMPONENTS = {"Image", "ImageEditor", "Gallery"}
+
+
+class Refused(Exception):
+    """An input the door will not pass on: who (the field) and why, in the app's words."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+# -- who owns which cached file -------------------------------------------------------------------
+
+class FileLedger:
+    """Files in Gradio's cache by who may use them: those an owner uploaded or was sent, and the app's own
+    (examples and other values in the page's config) for everyone. Keys are real paths."""
+
+    PRUNE_AT = 20_000
+
+    def __init__(self):
+        self._owners: dict[str, set[str]] = {}
+        self._public: set[str] = set()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(path: str) -> str | None:
+        if not isinstance(path, str) or not path or "\x00" in path:
+            return None
+        try:
+            return os.path.realpath(path)
+        except (OSError, ValueError):
+            return None
+
+    def add(self, owner: str, path: str) -> None:
+        key = self.key(path)
+        if key is None:
+            return
+        with self._lock:
+            self._owners.setdefault(key, set()).add(owner)
+            if len(self._owners) > self.PRUNE_AT:  # Gradio deletes cached files after a while: forget those
+                self._owners = {k: v for k, v in self._owners.items() if os.path.exists(k)}
+
+    def add_public(self, path: str) -> None:
+        key = self.key(path)
+        if key is not None:
+            with self._lock:
+                self._public.add(key)
+
+    def allows(self, owner: str, path: str) -> bool:
+        key = self.key(path)
+        if key is None:
+            return False
+        with self._lock:
+            return key in self._public or owner in self._owners.get(key, ())
+
+
+def file_dicts(value, found: list[dict] | None = None) -> list[dict]:
+    """Every dict in ``value`` that names a file (a ``path`` or ``url``, or Gradio's FileData marker)."""
+    found = [] if found is None else found
+    if isinstance(value, dict):
+        meta = value.get("meta")
+        if "path" in value or "url" in value or (isinstance(meta, dict) and meta.get("_type") == "gradio.FileData"):
+            found.append(value)
+        else:
+            for item in value.values():
+                file_dicts(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            file_dicts(item, found)
+    return found
+
+
+# -- who is still listening -----------------------------------------------------------------------
+
+class Streams:
+    """Open event streams per session key. A session whose last stream closed over ``GRACE_S`` ago and was
+    not reopened has left: nobody will read what its run makes."""
+
+    def __init__(self, grace: float = GRACE_S):
+        self.grace = grace
+        self._open: dict[str, int] = {}
+        self._closed_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def opened(self, key: str) -> None:
+        with self._lock:
+            self._open[key] = self._open.get(key, 0) + 1
+            self._closed_at.pop(key, None)
+
+    def closed(self, key: str) -> None:
+        with self._lock:
+            left = self._open.get(key, 1) - 1
+            if left > 0:
+                self._open[key] = left
+                return
+            self._open.pop(key, None)
+            self._closed_at[key] = time.monotonic()
+            if len(self._closed_at) > 10_000:  # old sessions: keep the last ones
+                for old in sorted(self._closed_at, key=self._closed_at.get)[:5_000]:
+                    del self._closed_at[old]
+
+    def gone(self, key: str | None) -> bool:
+        if not key:
+            return False
+        with self._lock:
+            closed = self._closed_at.get(key)
+            return key not in self._open and closed is not None and time.monotonic() - closed > self.grace
+
+
+# -- the values of an event -----------------------------------------------------------------------
+
+@dataclass
+class Limits:
+    max_upload_bytes: int
+    max_pixels: int
+
+
+def field_name(component, index: int) -> str:
+    label = getattr(component, "label", None)
+    if isinstance(label, str) and label.strip():
+        return label.split(" (")[0].strip()
+    return getattr(component, "elem_id", None) or f"input {index + 1}"
+
+
+def check_inputs(fn, data: list, owner: str, ledger: FileLedger, limits: Limits) -> None:
+    """Raise :class:`Refused` for the first value of ``data`` that the event's components must not take."""
+    inputs = list(fn.inputs)
+    if len(data) != len(inputs):  # the simple /call format leaves out what the API does not show (state)
+        inputs = [component for component in inputs if not getattr(component, "skip_api", False)]
+    if len(data) != len(inputs):
+        raise Refused("data", f"this event takes {len(inputs)} values, {len(data)} were sent.")
+    for index, (component, value) in enumerate(zip(inputs, data, strict=True)):
+        if getattr(component, "stateful", False):
+            continue  # Gradio ignores what the client sends for server-side state
+        name = field_name(component, index)
+        check_value(type(component).__name__, component, value, name)
+        for file in file_dicts(value):
+            check_file(file, name, owner, ledger, limits, type(component).__name__ in IMAGE_COMPONENTS
+                       or "image" in (getattr(component, "file_types", None) or []))
+
+
+def check_value(kind: str, component, value, name: str) -> None:
+    if kind == "Number":
+        precision = getattr(component, "precision", None)
+        whole = precision == 0
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise Refused(name, f"give {'a whole number' if whole else 'a number'} (got {shown(value)}).")
+        if whole and not isinstance(value, int):
+            raise Refused(name, f"give a whole number (got {shown(value)}).")
+        bounded(component, value, name)
+    elif kind == "Slider":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise Refused(name, f"give a number (got {shown(value)}).")
+        bounded(component, value, name)
+    elif kind == "Checkbox":
+        if not isinstance(value, bool):
+            raise Refused(name, f"give true or false (got {shown(value)}).")
+    elif kind in ("Radio", "Dropdown"):
+        choices = [choice[1] if isinstance(choice, list | tuple) else choice
+                   for choice in getattr(component, "choices", None) or []]
+        if getattr(component, "multiselect", False) or getattr(component, "allow_custom_value", False):
+            return
+        if value not in choices:
+            listed = ", ".join(json.dumps(c) for c in choices)
+            raise Refused(name, f"give one of {listed} (got {shown(value)}).")
+    elif kind == "Textbox":
+        if value is not None and not isinstance(value, str):
+            raise Refused(name, f"give text (got {shown(value)}).")
+    elif kind in IMAGE_COMPONENTS or kind == "File":
+        if value is not None and not isinstance(value, dict | list):
+            raise Refused(name, "give a file uploaded to this server (gradio_client uploads a local path for "
+                          "you: pass handle_file(path)).")
+
+
+def bounded(component, value, name: str) -> None:
+    low, high = getattr(component, "minimum", None), getattr(component, "maximum", None)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise Refused(name, f"{shown(value)} is out of range: use {low:g} to {high:g}."
+                      if low is not None and high is not None else f"{shown(value)} is out of range.")
+
+
+def shown(value) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def check_file(file: dict, name: str, owner: str, ledger: FileLedger, limits: Limits, image: bool) -> None:
+    """Only a file this caller may use, a regular one within the size limit (and a readable image within
+    the pixel limit where an image is expected). ``lstat`` only: nothing here can block on a device or a FIFO."""
+    path = file.get("path")
+    if not isinstance(path, str) or not ledger.allows(owner, path):
+        raise Refused(name, "that file was not uploaded to this server by you: upload it first (the studio "
+                      "does; gradio_client does when given handle_file(path)).")
+    try:
+        info = os.lstat(path)
+    except OSError:
+        raise Refused(name, "that upload is no longer on this server (uploads are kept 12 hours): upload it "
+                      "again.") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise Refused(name, "that upload is not a regular file: upload the image again.")
+    if info.st_size > limits.max_upload_bytes:
+        raise Refused(name, f"the file is over {limits.max_upload_bytes / 1e6:g} MB (TRYON_MAX_UPLOAD_MB): use a "
+                      "smaller one.")
+    if image:
+        check_image_header(path, name, limits.max_pixels)
+
+
+def check_image_header(path: str, name: str, max_pixels: int) -> None:
+    """Reads the header only: a 144-megapixel photo is refused before anything decodes it."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                width, height = image.size
+    except Exception:
+        raise Refused(name, "the file is not an image that can be read: use a PNG, JPEG or WebP.") from None
+    if width * height > max_pixels:
+        raise Refused(name, f"the image is {width}x{height}, over {max_pixels // 10**6} megapixels: use a smaller "
+                      "photo.")
+
+
+# -- the ASGI layer -------------------------------------------------------------------------------
+
+class GradioDoor:
+    """ASGI middleware between the guard and Gradio; see the module's docstring."""
+
+    def __init__(self, app, blocks, identity_of: Callable, ledger: FileLedger, streams: Streams, limits: Limits,
+                 retry_after: Callable[[], int]):
+        self.app, self.blocks, self.identity_of = app, blocks, identity_of
+        self.ledger, self.streams, self.limits, self.retry_after = ledger, streams, limits, retry_after
+        self._secret = secrets.token_bytes(32)
+        self._events: dict[str, tuple[str, str]] = {}  # event id -> (owner, session key)
+        for file in file_dicts(blocks.config):  # the page's own files (examples, defaults): everyone's
+            if isinstance(file.get("path"), str):
+                ledger.add_public(file["path"])
+
+    def session_key(self, owner: str, client_hash: str) -> str:
+        return hmac.new(self._secret, f"{owner}\n{client_hash}".encode(), hashlib.sha256).hexdigest()[:32]
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path == "/ping" or path.startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        identity = self.identity_of(scope)
+        if identity is None:  # only the guard's open paths (login pages) get here without one
+            await self.app(scope, receive, send)
+            return
+        owner = identity.owner
+        if path.startswith(CLOSED_PAGES):
+            await refuse(scope, receive, send, 404, "not_found", f"there is no {path[:80]}.")
+            return
+        if not path.startswith(API + "/"):
+            await self.app(scope, receive, send)
+            return
+        route = path[len(API):]
+        method = scope["method"]
+        if route.startswith(("/file=", "/file/")):
+            await self.file(scope, receive, send, owner, route)
+        elif route == "/upload" and method == "POST":
+            await self.upload(scope, receive, send, owner)
+        elif route == "/upload_progress":
+            await self.app(self.with_query(scope, owner, "upload_id"), receive, send)
+        elif route == "/queue/join" and method == "POST":
+            await self.join(scope, receive, send, owner, None)
+        elif route.startswith(("/call/", "/run/", "/api/")) and method == "POST" and not route.startswith("/call/v2"):
+            await self.join(scope, receive, send, owner, route.strip("/").split("/")[1])
+        elif route == "/queue/data" and method == "GET":
+            await self.stream(self.with_query(scope, owner, "session_hash"), receive, send, owner)
+        elif route.startswith("/call/") and method == "GET" and not route.startswith("/call/v2"):
+            await self.call_stream(scope, receive, send, owner, route.rstrip("/").rsplit("/", 1)[-1])
+        elif route.startswith("/heartbeat/") and method == "GET":
+            key = self.session_key(owner, route[len("/heartbeat/"):])
+            await self.app({**scope, "path": f"{API}/heartbeat/{key}", "raw_path": None}, receive, send)
+        elif route == "/cancel" and method == "POST":
+            await self.cancel(scope, receive, send, owner)
+        elif route in OPEN_API:
+            await self.app(scope, receive, send)
+        else:
+            await refuse(scope, receive, send, 404, "not_found", f"there is no {path[:80]} on this server.")
+
+    # -- routes ------------------------------------------------------------------------------------
+
+    async def file(self, scope, receive, send, owner: str, route: str) -> None:
+        target = route[len("/file="):] if route.startswith("/file=") else route[len("/file/"):]
+        if not self.ledger.allows(owner, target):
+            await refuse(scope, receive, send, 404, "not_found", "no such file among yours: files here are served "
+                         "only to whoever uploaded them or was sent them.")
+            return
+        await self.app(scope, receive, send)
+
+    async def upload(self, scope, receive, send, owner: str) -> None:
+        status, headers, body = await self.call_buffered(self.with_query(scope, owner, "upload_id"), receive)
+        if status == 200:
+            try:
+                for path in json.loads(body):
+                    self.ledger.add(owner, path)
+            except (ValueError, TypeError):
+                pass
+        elif status == 413:
+            message = (f"the file is over {self.limits.max_upload_bytes / 1e6:g} MB (TRYON_MAX_UPLOAD_MB): use a "
+                       "smaller one.")
+            await refuse(scope, receive, send, 413, "too_large", message)
+            return
+        await replay(send, status, headers, body)
+
+    async def join(self, scope, receive, send, owner: str, api_name: str | None) -> None:
+        raw = await read_body(receive)
+        try:
+            body = json.loads(raw, parse_constant=not_json)
+        except (ValueError, RecursionError):
+            await refuse(scope, receive, send, 400, "invalid_request", "the body is not valid JSON: send a JSON "
+                         "object with fn_index, data and session_hash.")
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            await refuse(scope, receive, send, 400, "invalid_request", "send a JSON object with a \"data\" list.")
+            return
+        fn = self.find_fn(body.get("fn_index"), api_name)
+        if fn is None:
+            what = f"/{api_name}" if api_name else f"fn_index {shown(body.get('fn_index'))}"
+            await refuse(scope, receive, send, 404, "not_found", f"there is no event {what} on this server: see "
+                         f"{API}/info for the API.")
+            return
+        client_hash = body.get("session_hash")
+        if client_hash is not None and (not isinstance(client_hash, str) or not 0 < len(client_hash) <= 128):
+            await refuse(scope, receive, send, 400, "invalid_request", "session_hash must be a string of 1 to "
+                         "128 characters.")
+            return
+        try:
+            await anyio.to_thread.run_sync(check_inputs, fn, body["data"], owner, self.ledger, self.limits)
+        except Refused as refusal:
+            await refuse_validation(scope, receive, send, refusal)
+            return
+        if not scope["path"].startswith(f"{API}/call/"):  # a client's event id or batch flag is never taken
+            body.update(event_id=None, batched=False)
+        key = self.session_key(owner, client_hash) if client_hash else None
+        if key:
+            body["session_hash"] = key
+        elif api_name is None:
+            await refuse(scope, receive, send, 400, "invalid_request", "session_hash is missing.")
+            return
+        status, headers, answer = await self.call_buffered(scope, replaced_body(receive, json.dumps(body).encode()),
+                                                           json.dumps(body).encode())
+        if status == 503:
+            retry = self.retry_after()
+            await refuse(scope, receive, send, 503, "busy", f"busy: the queue is full; try again in about {retry} s.",
+                         {"Retry-After": str(retry)})
+            return
+        if status == 200:
+            try:
+                answer_json = json.loads(answer)
+            except ValueError:
+                answer_json = None
+            if isinstance(answer_json, dict) and isinstance(answer_json.get("event_id"), str):
+                self.remember_event(answer_json["event_id"], owner, key or answer_json["event_id"])
+            if route_is_direct(scope):
+                self.record_files(owner, answer_json)
+        await replay(send, status, headers, answer)
+
+    async def stream(self, scope, receive, send, owner: str) -> None:
+        key = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))).get("session_hash")
+        await self.watched(scope, receive, send, owner, key)
+
+    async def call_stream(self, scope, receive, send, owner: str, event_id: str) -> None:
+        known = self._events.get(event_id)
+        if known is None or known[0] != owner:
+            await refuse(scope, receive, send, 404, "not_found", "no such event among yours.")
+            return
+        await self.watched(scope, receive, send, owner, known[1])
+
+    async def cancel(self, scope, receive, send, owner: str) -> None:
+        try:
+            body = json.loads(await read_body(receive))
+            client_hash, event_id = body["session_hash"], body["event_id"]
+            assert isinstance(client_hash, str) and isinstance(event_id, str)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            await refuse(scope, receive, send, 400, "invalid_request", "send session_hash and event_id.")
+            return
+        known = self._events.get(event_id)
+        if known is None or known[0] != owner:
+            await refuse(scope, receive, send, 404, "not_found", "no such event among yours.")
+            return
+        body["session_hash"] = self.session_key(owner, client_hash)
+        data = json.dumps(body).encode()
+        await self.app(with_length(scope, len(data)), replaced_body(receive, data), send)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def find_fn(self, fn_index, api_name: str | None):
+        fns = self.blocks.fns
+        if api_name is not None:
+            return next((fn for fn in fns.values() if fn.api_name == api_name), None)
+        if isinstance(fn_index, bool) or not isinstance(fn_index, int):
+            return None
+        return fns.get(fn_index)
+
+    def remember_event(self, event_id: str, owner: str, key: str) -> None:
+        self._events[event_id] = (owner, key)
+        if len(self._events) > 20_000:
+            for old in list(self._events)[:10_000]:
+                del self._events[old]
+
+    def record_files(self, owner: str, value) -> None:
+        for file in file_dicts(value):
+            if isinstance(file.get("path"), str):
+                self.ledger.add(owner, file["path"])
+
+    def with_query(self, scope, owner: str, name: str):
+        pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        pairs = [(k, self.session_key(owner, v) if k == name and v else v) for k, v in pairs]
+        return {**scope, "query_string": urlencode(pairs).encode("latin-1")}
+
+    async def call_buffered(self, scope, receive, body: bytes | None = None):
+        """Run the app and hold its (small, JSON) answer: status, headers, body."""
+        if body is not None:
+            scope = with_length(scope, len(body))
+        start, chunks = {}, []
+
+        async def hold(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, hold)
+        return start.get("status", 500), start.get("headers", []), b"".join(chunks)
+
+    async def watched(self, scope, receive, send, owner: str, key: str | None) -> None:
+        """An event stream: files it sends become the owner's; its closing may mean the client left."""
+        pending = b""
+
+        async def scanning(message):
+            nonlocal pending
+            if message["type"] == "http.response.body":
+                pending += message.get("body", b"")
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.startswith(b"data:") and b'"path"' in line:
+                        try:
+                            self.record_files(owner, json.loads(line[5:]))
+                        except ValueError:
+                            pass
+            await send(message)
+
+        if key:
+            self.streams.opened(key)
+        try:
+            await self.app(scope, receive, scanning)
+        finally:
+            if key:
+                self.streams.closed(key)
+
+
+def route_is_direct(scope) -> bool:
+    return scope["path"].startswith((f"{API}/run/", f"{API}/api/"))
+
+
+def not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+async def read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def replaced_body(receive, data: bytes):
+    sent = False
+
+    async def replay_receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": data, "more_body": False}
+        return await receive()
+
+    return replay_receive
+
+
+def with_length(scope, length: int):
+    headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-length"]
+    return {**scope, "headers": [*headers, (b"content-length", str(length).encode())]}
+
+
+async def replay(send, status: int, headers, body: bytes) -> None:
+    headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def refuse(scope, receive, send, status: int, code: str, message: str, headers: dict | None = None) -> None:
+    """The app's error shape, with Gradio's ``detail`` beside it (what Gradio's clients show)."""
+    body = {**error_body(code, message), "detail": message}
+    await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
+
+
+async def refuse_validation(scope, receive, send, refusal: Refused) -> None:
+    """422 in Gradio's validation shape: gradio_client raises it as "- field: message", the page shows it."""
+    body = {**error_body("invalid_input", str(refusal)),
+            "detail": [{"__type__": "validate", "is_valid": False, "parameter_name": refusal.field,
+                        "message": refusal.message}]}
+    await JSONResponse(body, status_code=422)(scope, receive, send)
