@@ -212,7 +212,7 @@ def test_gradio_api_takes_a_draft_last_and_marks_its_results(server):
     assert [item["caption"] for item in gallery] == ["Draft · seed 5", "Draft · seed 6"]
     shown, _page = client.predict(1, 4, api_name="/gallery")
     assert [item["caption"].startswith("Draft · ") for item in shown] == [True, True, True, False]
-    with pytest.raises(Exception, match="draft='yes' is not usable"):
+    with pytest.raises(Exception, match=r'draft: give true or false \(got "yes"\)'):
         client.predict(person, garment, mask, "upper", 2, 2.5, 4, 64, 96, 9, 0, 0.0, False, "yes", api_name="/tryon")
 
 
