@@ -142,7 +142,8 @@ def test_every_file_input_of_every_event_takes_only_the_callers_own_files(door, 
     assert made.status_code == 200, made.text
     secret = door["volume"] / ".secrets" / "session.key"
     attacks = {"a file outside the uploads": str(secret), "the process environment": "/proc/self/environ",
-               "another owner's upload": alice_upload, "another owner's result": str(door["volume"] / made.json()["output"]),
+               "another owner's upload": alice_upload,
+               "another owner's result": str(door["volume"] / made.json()["output"]),
                "a device": "/dev/zero", "a FIFO": str(door["volume"] / "inputs" / "pipe.png"),
                "a directory": str(door["cache"])}
     before = cached_files(door["cache"])
