@@ -15,8 +15,10 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,17 +88,29 @@ def _unb64(text: str) -> bytes:
 
 
 class Access:
-    def __init__(self, users: dict[str, str], keys: dict[str, str], secret: bytes, gallery: str = "own"):
+    def __init__(self, users: dict[str, str], keys: dict[str, str], secret: bytes, gallery: str = "own",
+                 sessions_dir: Path | None = None):
         self._users = {name: _digest(password) for name, password in users.items()}
         self._keys = [(_digest(key), name) for name, key in keys.items()]
         self._secret = secret
         self.gallery = gallery
+        self.sessions = SessionGenerations(sessions_dir, secret)
 
     @classmethod
     def from_settings(cls, settings: Settings, secret: bytes | None = None) -> Access:
         users = parse_pairs(settings.auth, "TRYON_AUTH (--auth)", "a user:password login")
         keys = parse_pairs(settings.api_keys, "TRYON_API_KEYS", "a name:key API key")
-        return cls(users, keys, secret if secret is not None else load_secret(settings.layout.root), settings.gallery)
+        return cls(users, keys, secret if secret is not None else load_secret(settings.layout.root), settings.gallery,
+                   sessions_dir=settings.layout.root / ".secrets" / "sessions")
+
+    @property
+    def secret(self) -> bytes:
+        """The volume's key: signs cookies and keys owner folders (app.outputs)."""
+        return self._secret
+
+    def known_owners(self) -> list[str]:
+        """The owners this server can name: every login and every API key's name."""
+        return sorted({f"user:{name}" for name in self._users} | {f"user:{name}" for _digest, name in self._keys})
 
     @property
     def required(self) -> bool:
@@ -172,10 +186,66 @@ class Access:
             return Identity(f"visitor:{value}", "visitor", "visitor")
         return None
 
+    def sign_out(self, user: str) -> None:
+        """End every browser session of ``user`` (all workers of the volume; see SessionGenerations)."""
+        self.sessions.advance(user)
+
     def _sign(self, payload: str, kind: str, value: str) -> str:
-        # A login's signature covers the password: changing it ends that user's sessions.
-        bound = self._users.get(value, b"") if kind == "u" else b""
+        # A login's signature covers the password and the user's session generation: changing the password or
+        # signing out ends that user's sessions.
+        bound = (self._users.get(value, b"") + b"\0" + str(self.sessions.current(value)).encode()
+                 if kind == "u" else b"")
         return _b64(hmac.new(self._secret, payload.encode() + b"\0" + bound, hashlib.sha256).digest()[:24])
+
+
+class SessionGenerations:
+    """A number per user that signing out advances, kept on the volume (``.secrets/sessions/<keyed name>``)
+    so that every worker stops accepting that user's older cookies. Read at most every ``ttl`` seconds per
+    user per process: another worker notices a sign-out within that time, this one at once. Without a
+    folder (tests, a read-only volume) the numbers live in this process."""
+
+    def __init__(self, folder: Path | None, secret: bytes, ttl: float = 2.0):
+        self.folder, self._secret, self.ttl = folder, secret, ttl
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def _path(self, user: str) -> Path | None:
+        if self.folder is None:
+            return None
+        return self.folder / hmac.new(self._secret, user.encode(), hashlib.sha256).hexdigest()[:24]
+
+    def _read(self, user: str) -> int:
+        path = self._path(user)
+        if path is None:
+            return self._seen.get(user, (0, 0.0))[0]
+        try:
+            return int(path.read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError):
+            return self._seen.get(user, (0, 0.0))[0]
+
+    def current(self, user: str) -> int:
+        value, read_at = self._seen.get(user, (0, -math.inf))
+        if time.monotonic() - read_at > self.ttl:
+            value = self._read(user)
+            self._seen[user] = (value, time.monotonic())
+        return value
+
+    def advance(self, user: str) -> None:
+        value = self._read(user) + 1
+        self._seen[user] = (value, time.monotonic())
+        path = self._path(user)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(value))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not record a sign-out in %s (%s): other workers accept that user's older cookies "
+                        "until they expire", path.parent, exc.strerror or exc)
 
 
 def load_secret(volume: Path) -> bytes:

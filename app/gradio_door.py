@@ -127,8 +127,9 @@ def file_dicts(value, found: list[dict] | None = None) -> list[dict]:
 # -- who is still listening -----------------------------------------------------------------------
 
 class Streams:
-    """Open event streams per session key. A session whose last stream closed over ``GRACE_S`` ago and was
-    not reopened has left: nobody will read what its run makes."""
+    """Open event streams per session key. A session whose last stream closed over ``GRACE_S`` ago, after
+    its latest event was joined, and was not reopened has left: nobody will read what its run makes. (A
+    page closes its stream when nothing is pending and opens a new one after its next join.)"""
 
     def __init__(self, grace: float = GRACE_S):
         self.grace = grace
@@ -140,6 +141,10 @@ class Streams:
         with self._lock:
             self._open[key] = self._open.get(key, 0) + 1
             self._closed_at.pop(key, None)
+
+    def joined(self, key: str) -> None:
+        with self._lock:
+            self._closed_at.pop(key, None)  # a stream that closed before this event is no sign of leaving
 
     def closed(self, key: str) -> None:
         with self._lock:
@@ -373,9 +378,13 @@ class GradioDoor:
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             await refuse(scope, receive, send, 400, "invalid_request", "send a JSON object with a \"data\" list.")
             return
-        fn = self.find_fn(body.get("fn_index"), api_name)
+        # Gradio picks the event by fn_index when one is given (the page's direct calls: /run/predict),
+        # else by name; the simple /call format has no fn_index.
+        by_index = api_name is None or (body.get("fn_index") is not None and not scope["path"].startswith(
+            f"{API}/call/"))
+        fn = self.find_fn(body.get("fn_index"), None if by_index else api_name)
         if fn is None:
-            what = f"/{api_name}" if api_name else f"fn_index {shown(body.get('fn_index'))}"
+            what = f"fn_index {shown(body.get('fn_index'))}" if by_index else f"/{api_name}"
             await refuse(scope, receive, send, 404, "not_found", f"there is no event {what} on this server: see "
                          f"{API}/info for the API.")
             return
@@ -397,6 +406,8 @@ class GradioDoor:
         elif api_name is None:
             await refuse(scope, receive, send, 400, "invalid_request", "session_hash is missing.")
             return
+        if key:
+            self.streams.joined(key)  # before Gradio may start the event
         status, headers, answer = await self.call_buffered(scope, replaced_body(receive, json.dumps(body).encode()),
                                                            json.dumps(body).encode())
         if status == 503:
@@ -454,6 +465,7 @@ class GradioDoor:
 
     def remember_event(self, event_id: str, owner: str, key: str) -> None:
         self._events[event_id] = (owner, key)
+        self.streams.joined(key)
         if len(self._events) > 20_000:
             for old in list(self._events)[:10_000]:
                 del self._events[old]

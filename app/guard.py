@@ -105,7 +105,9 @@ class Guard:
             identity = self.access.api_key(key.strip())
             return (identity, None) if identity else (None, "the X-API-Key is not valid.")
         authorization = headers.get("authorization", "")
-        if authorization[:6].lower() == "basic " and self.access.required:
+        if authorization[:6].lower() == "basic " and not self.access.required:
+            return None, "this server has no logins (TRYON_AUTH): send no user name and password."
+        if authorization[:6].lower() == "basic ":
             identity = self.access.basic(authorization)
             return (identity, None) if identity else (None, "the user name or password is wrong.")
         cookie = cookie_value(headers.get("cookie", ""))
@@ -220,6 +222,9 @@ def add_login_routes(app: FastAPI, access: Access) -> None:
     def logout(request: Request):
         if not access.required:  # a visitor's cookie is their gallery: nothing to sign out of
             return RedirectResponse("/", 303)
+        identity = identity_of(request)
+        if identity is not None and identity.via == "login":
+            access.sign_out(identity.name)  # every browser of this user, on every worker
         response = RedirectResponse("/login", 303)
         response.delete_cookie(COOKIE, path="/")
         return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi.responses import JSONResponse
@@ -58,6 +59,76 @@ class BodyLimit:
                 await send(event)
 
         await self.app(scope, counting_receive, guarded_send)
+
+
+class JsonBodies:
+    """REST request bodies are JSON as the README says: ``Content-Type: application/json`` (charset utf-8 if
+    given), UTF-8 without a byte-order mark, parsed here once so that what JSON libraries refuse for their
+    own reasons (nesting too deep, a number of thousands of digits) is said plainly. Under BodyLimit."""
+
+    def __init__(self, app, paths: frozenset[str] = frozenset({"/v1/tryon"})):
+        self.app, self.paths = app, paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        problem = json_problem(header(scope, b"content-type"), body)
+        if problem:
+            await JSONResponse(error_body("invalid_request", problem), status_code=400)(scope, receive, send)
+            return
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def header(scope, name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def json_problem(content_type: str, body: bytes) -> str | None:
+    """What is wrong with a REST body, in the caller's terms, or None (syntax errors are left to the API's
+    own validation, which names the position)."""
+    media, _, params = content_type.partition(";")
+    charset = next((value.strip().strip('"').lower() for key, _, value in
+                    (p.strip().partition("=") for p in params.split(";")) if key.strip().lower() == "charset"), None)
+    if media.strip().lower() != "application/json" or charset not in (None, "utf-8", "utf8"):
+        return (f"the body was sent as {content_type.strip()[:60] or 'no content type'}: send a JSON object with "
+                "Content-Type: application/json (UTF-8).")
+    if body.startswith(b"\xef\xbb\xbf"):
+        return "the body starts with a byte-order mark: send JSON as UTF-8 without one."
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (f"the body is not UTF-8 text (byte {exc.start} is 0x{body[exc.start]:02x}): send JSON encoded as "
+                "UTF-8.")
+    try:
+        json.loads(text)
+    except RecursionError:
+        return "the body is nested too deeply: send a flat JSON object as in the API docs."
+    except json.JSONDecodeError:
+        return None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        return f"the body holds a value that cannot be read ({str(exc)[:80]}): send numbers of at most 15 digits."
+    return None
 
 
 class CatchAll:

@@ -3,7 +3,8 @@
     outputs/<owner key>/<YYYY-MM>/<YYYYMMDD>-<HHMMSSffffff>-<worker>-<random>.png   the image
                                   <same name>.json                                  its sidecar
 
-The owner key is a hash of the owner ("user:alice", "visitor:<id>", ...), so a page of one owner's
+The owner key is a keyed hash of the owner ("user:alice", "visitor:<id>", ...) under the volume's secret
+(``.secrets/session.key``), so nobody can test a guessed name against an id; a page of one owner's
 results costs a listing of their month folders plus the sidecars shown, however many results other
 owners have. A result's id is its file name plus the owner key: ids sort by time, name the worker
 that made them (several server processes share a volume without colliding), and say where the files
@@ -14,6 +15,7 @@ last and is what makes a result visible, so a crash never leaves a half result i
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -58,8 +60,12 @@ def public_metadata(metadata: dict) -> dict:
     return {key: value for key, value in metadata.items() if key not in ("owner", "session")}
 
 
-def owner_key(owner: str) -> str:
-    return hashlib.sha256(owner.encode()).hexdigest()[:16]
+def owner_key(owner: str, secret: bytes | None = None) -> str:
+    """The owner's folder name: HMAC-SHA-256 under the volume's secret; without one (tools and tests that
+    have no volume secret), and in the layout before keys, a plain SHA-256 of the owner."""
+    if secret is None:
+        return hashlib.sha256(owner.encode()).hexdigest()[:16]
+    return hmac.new(secret, owner.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def image_digest(image: Image.Image) -> str:
@@ -70,10 +76,12 @@ def image_digest(image: Image.Image) -> str:
 
 
 class ResultStore:
-    def __init__(self, outputs_dir: Path, volume_root: Path, save_inputs: bool = False):
+    def __init__(self, outputs_dir: Path, volume_root: Path, save_inputs: bool = False, secret: bytes | None = None):
         self.outputs_dir = Path(outputs_dir)
         self.volume_root = Path(volume_root)
         self.save_inputs = save_inputs
+        self.secret = secret
+        self._adopted: set[str] = set()  # owners whose folder of the unkeyed layout was looked for
         self.worker = secrets.token_hex(3)  # this process; with the time and a random part, ids never collide
         self._clock = threading.Lock()
         self._last = datetime.min.replace(tzinfo=timezone.utc)
@@ -83,7 +91,16 @@ class ResultStore:
     def path_for_new(self, owner: str, created: datetime, worker: str | None = None,
                      suffix: str | None = None) -> Path:
         stem = f"{created:%Y%m%d-%H%M%S%f}-{worker or self.worker}-{suffix or secrets.token_hex(3)}"
-        return self.outputs_dir / owner_key(owner) / f"{created:%Y-%m}" / f"{stem}.png"
+        return self.outputs_dir / self.key_of(owner) / f"{created:%Y-%m}" / f"{stem}.png"
+
+    def key_of(self, owner: str) -> str:
+        """The owner's folder; its results of the unkeyed layout are moved in on first use."""
+        if self.secret is not None and owner not in self._adopted and not owner.startswith("anon:"):
+            if len(self._adopted) > 100_000:
+                self._adopted.clear()
+            self._adopted.add(owner)
+            self.adopt_unkeyed(owner)
+        return owner_key(owner, self.secret)
 
     @staticmethod
     def id_of(image_path: Path) -> str:
@@ -152,7 +169,7 @@ class ResultStore:
         if owner is None:
             keys = sorted(p.name for p in scandir_dirs(self.outputs_dir) if OWNER_KEY.match(p.name))
         else:
-            keys = [owner_key(owner)]
+            keys = [self.key_of(owner)]
         per_owner = [self._names(key) for key in keys]
         total = sum(len(names) for names in per_owner)
         newest_first = merge(*per_owner, key=lambda item: item[0], reverse=True)
@@ -169,7 +186,7 @@ class ResultStore:
     def get(self, result_id: str, owner: str | None) -> SavedResult | None:
         """The result with this id if ``owner`` may see it (anyone's when ``owner`` is None), else None."""
         image_path = self.path_of(result_id)
-        if image_path is None or (owner is not None and image_path.parent.parent.name != owner_key(owner)):
+        if image_path is None or (owner is not None and image_path.parent.parent.name != self.key_of(owner)):
             return None
         return self._load(image_path.with_suffix(".json"))
 
@@ -262,6 +279,52 @@ class ResultStore:
         write_atomically(image_path.with_suffix(".json"), lambda handle: handle.write(body))
         old_json.unlink(missing_ok=True)
         return True
+
+    def adopt_unkeyed(self, owner: str) -> int:
+        """Move ``owner``'s results from the unkeyed folder (sha256 of the owner) into the keyed one, each
+        image before its sidecar (rewritten with its new id and path): safe from several workers at once
+        and after a crash, since a result shows only once its sidecar is in place. Returns how many moved."""
+        old, new = owner_key(owner), owner_key(owner, self.secret)
+        if self.secret is None or old == new or not (self.outputs_dir / old).is_dir():
+            return 0
+        moved = 0
+        for month_dir in sorted(p for p in scandir_dirs(self.outputs_dir / old) if MONTH.match(p.name)):
+            target_dir = self.outputs_dir / new / month_dir.name
+            target_dir.mkdir(parents=True, exist_ok=True)
+            names = listdir(month_dir)
+            for sidecar in sorted(n for n in names if n.endswith(".json") and STEM.match(n[:-5])):
+                stem = sidecar[:-5]
+                for name in sorted(n for n in names if n.startswith(f"{stem}.") and n.endswith(".png")):
+                    try:
+                        os.replace(month_dir / name, target_dir / name)
+                    except FileNotFoundError:
+                        pass  # another worker moved it
+                try:
+                    record = json.loads((month_dir / sidecar).read_text())
+                except FileNotFoundError:
+                    continue
+                except (OSError, ValueError):
+                    continue  # unreadable: left for a person to look at
+                image_path = target_dir / f"{stem}.png"
+                record.update(id=self.id_of(image_path), image=self.relative(image_path))
+                if "input_files" in record:
+                    record["input_files"] = {role: self.relative(target_dir / f"{stem}.{role}.png")
+                                             for role in record["input_files"]}
+                body = json.dumps(record, indent=2, sort_keys=True).encode()
+                write_atomically(target_dir / sidecar, lambda handle, body=body: handle.write(body))
+                (month_dir / sidecar).unlink(missing_ok=True)
+                moved += 1
+            try:
+                month_dir.rmdir()
+            except OSError:
+                pass
+        try:
+            (self.outputs_dir / old).rmdir()
+        except OSError:
+            pass
+        if moved:
+            log.info("moved %d results of %s into its keyed folder", moved, new)
+        return moved
 
     def _all_month_dirs(self) -> Iterator[Path]:
         for owner_dir in scandir_dirs(self.outputs_dir):

@@ -33,7 +33,7 @@ from app.errors import (
     quoted,
 )
 from app.guard import Guard, add_login_routes, gradio_user, identity_of
-from app.http_limits import BodyLimit, CatchAll
+from app.http_limits import BodyLimit, CatchAll, JsonBodies
 from app.imaging import decode_image
 from app.outputs import ResultStore, SavedResult
 from app.results_api import add_results_routes
@@ -69,7 +69,7 @@ class TryOnBody(BaseModel):
     person: ImageInput | list[ImageInput]
     garment: ImageInput | list[ImageInput]
     mask: ImageInput | None | list[ImageInput | None] = None
-    garment_type: str = Field("upper", strict=True)
+    garment_type: str | None = Field(None, strict=True)
     steps: int | None = Field(None, strict=True)
     guidance: float | None = Field(None, strict=True)
     seed: int | None = Field(None, strict=True)
@@ -84,7 +84,7 @@ class TryOnBody(BaseModel):
         "A fast preview: at most TRYON_DRAFT_STEPS steps (20 unless the server sets it), classifier-free "
         "guidance on the first half of them only. Marked as a draft in the answer and the saved metadata; send "
         "the same seed without it for the full try-on. Default false."))
-    return_image: bool = Field(False, strict=True)
+    return_image: bool | None = Field(None, strict=True)
 
 
 def ping_status(settings: Settings, engine: Engine) -> int:
@@ -104,7 +104,8 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
     settings.input_folders  # noqa: B018 (a bad TRYON_INPUT_DIRS fails at start, not on the first request)
     access = access or Access.from_settings(settings)
     engine = engine or Engine(settings)
-    store = ResultStore(settings.layout.outputs, settings.layout.root, save_inputs=settings.save_inputs)
+    store = ResultStore(settings.layout.outputs, settings.layout.root, save_inputs=settings.save_inputs,
+                        secret=access.secret)
     service = TryOnService(settings, engine, store)
     app = FastAPI(title="catvton-volume", docs_url="/v1/docs", openapi_url="/v1/openapi.json", redoc_url=None)
     app.state.settings, app.state.engine, app.state.service, app.state.access = settings, engine, service, access
@@ -131,6 +132,7 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
         app.add_middleware(GradioDoor, blocks=blocks, identity_of=identity_of, ledger=FileLedger(), streams=streams,
                            limits=Limits(int(settings.max_upload_mb * 1_000_000), MAX_PIXELS),
                            retry_after=service.retry_after)
+    app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, limit=int(settings.max_body_mb * 1_000_000),
                        upload_limit=int(settings.max_upload_mb * 1_000_000) * (settings.batch_max + 2))
     app.add_middleware(CatchAll)
@@ -186,7 +188,7 @@ def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> N
             read = time.perf_counter() - arrived
             saved = service.run(person, garment, mask, request_options(settings, body), owner=caller.owner,
                                 started=arrived, progress=stop_check(settings, request, arrived))
-            return result_answer(saved, body.return_image, arrived, read)
+            return result_answer(saved, bool(body.return_image), arrived, read)
 
 
 def stop_check(settings: Settings, request: Request, arrived: float):
@@ -293,7 +295,8 @@ def tryon_batch(settings: Settings, service: TryOnService, body: TryOnBody, read
     saved = service.run_batch(items, request_options(settings, body), owner=caller.owner, started=arrived,
                               progress=stop_check(settings, reader.request, arrived))
     return {"batch": saved[0].metadata["batch"]["id"],
-            "results": [result_answer(result, body.return_image, arrived, read, in_batch=True) for result in saved]}
+            "results": [result_answer(result, bool(body.return_image), arrived, read, in_batch=True)
+                        for result in saved]}
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -444,7 +447,8 @@ def serve(settings: Settings, host: str, port: int, share: bool = False, health_
     engine = engine or Engine(settings)
     app = create_app(settings, engine)
     engine.start()
-    threading.Thread(target=tidy_results, args=(app.state.service.store,), name="results-upkeep", daemon=True).start()
+    threading.Thread(target=tidy_results, args=(app.state.service.store, app.state.access.known_owners()),
+                     name="results-upkeep", daemon=True).start()
     if share and not app.state.access.required:
         seen = ("each visitor sees only their own results" if settings.gallery == "own" else
                 "and TRYON_GALLERY=all shows every result to all of them")
@@ -472,10 +476,13 @@ def listening_line(host: str, port: int, settings: Settings) -> str:
             f"{'logins required' if settings.auth else 'no login'})")
 
 
-def tidy_results(store: ResultStore) -> None:
-    """At start, off the serving path: results of the layout before owners moved, dead temporary files swept."""
+def tidy_results(store: ResultStore, owners: list[str]) -> None:
+    """At start, off the serving path: results of the layouts before owners and before keyed owner folders
+    moved (a visitor's move on their first visit), dead temporary files swept."""
     try:
         store.migrate_legacy()
+        for owner in owners:
+            store.key_of(owner)
         store.sweep_temp()
     except OSError as exc:
         log.warning("could not tidy %s (%s); results are still served", store.outputs_dir, exc)

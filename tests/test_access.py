@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import multiprocessing
 import os
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -190,6 +191,42 @@ def test_login_page_signs_in_and_out(guarded):
         guarded.cookies.clear()
 
 
+def test_signing_out_ends_every_session_of_that_user_on_every_worker(guarded, served_volume):
+    def sign_in() -> str:
+        answer = guarded.post("/login", data={"username": "alice", "password": "wonder"})
+        assert answer.status_code == 200
+        cookie = guarded.cookies["tryon_session"]
+        guarded.cookies.clear()
+        return cookie
+
+    laptop = sign_in()
+    access = guarded.app.state.access  # another browser, signed in a minute earlier
+    phone = access.cookie_for(access.login("alice", "wonder"), now=time.time() - 60)
+    assert phone != laptop
+    assert guarded.post("/login", data={"username": "bob", "password": "builder"}).status_code == 200
+    bobs = guarded.cookies["tryon_session"]
+    guarded.cookies.clear()
+    as_cookie = lambda value: {"cookie": f"tryon_session={value}"}  # noqa: E731
+    # A second worker of the same volume, its own process state.
+    other = Access.from_settings(Settings_for(served_volume))
+    assert other.from_cookie(phone) is not None
+    assert guarded.get("/v1/results", headers=as_cookie(phone)).status_code == 200
+    out = guarded.get("/logout", headers=as_cookie(laptop))
+    assert out.status_code == 303
+    assert_unauthorized(guarded.get("/v1/results", headers=as_cookie(phone)))  # the other browser too
+    assert_unauthorized(guarded.get("/v1/results", headers=as_cookie(laptop)))
+    assert guarded.get("/v1/results", headers=as_cookie(bobs)).status_code == 200  # nobody else's
+    other.sessions.ttl = 0  # the other worker reads the volume at its next check
+    assert other.from_cookie(phone) is None
+    assert guarded.get("/v1/results", headers=as_cookie(sign_in())).status_code == 200  # signing in again works
+
+
+def Settings_for(volume):  # noqa: N802 - reads as the settings of that volume
+    from app.config import Settings
+
+    return Settings.from_env({}, volume=str(volume), device="cpu", auth=USERS, api_keys=KEYS)
+
+
 def test_owners_see_only_their_results_and_others_ids_are_not_found(guarded):
     mine = tryon(guarded, ALICE, seed=11)
     by_key = tryon(guarded, {"X-API-Key": "ak-123"}, seed=12)  # the key named alice: alice's results
@@ -259,6 +296,8 @@ def test_without_logins_rest_callers_own_what_nobody_can_list(served_volume, mak
         assert client.get(f"/v1/results/{made['id']}").status_code == 404
         assert "set-cookie" not in client.get("/v1/status").headers  # REST gets no visitor cookie
         assert_unauthorized(client.get("/v1/status", headers={"X-API-Key": "k"}), "no API keys")
+        assert_unauthorized(client.get("/v1/status", headers=basic("alice", "anything")), "no logins")
+        assert_unauthorized(client.get("/", headers=basic("alice", "anything")), "no logins")
 
 
 def test_team_studio_shows_everyone_everything(served_volume, make_settings):

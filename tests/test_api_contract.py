@@ -133,6 +133,24 @@ CASES = [
     ("unknown route", "GET", "/v1/nothing", None, None, 404, "not_found", "/v1/nothing"),
     ("unknown result id", "GET", "/v1/results/zzz", None, None, 404, "not_found", "zzz"),
     ("page size zero", "GET", "/v1/results?per_page=0", None, None, 400, "invalid_request", "per_page"),
+    ("garment a line across", "POST", "/v1/tryon", body(garment={"base64": png((10000, 10))}), None, 400,
+     "invalid_input", "garment image is 10000x10"),
+    ("garment a line down", "POST", "/v1/tryon", body(garment={"base64": png((10, 10000))}), None, 400,
+     "invalid_input", "garment image is 10x10000"),
+    ("deep nesting", "POST", "/v1/tryon", b'{"person": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json",
+     400, "invalid_request", "nested too deeply"),
+    ("5000-digit number", "POST", "/v1/tryon", b'{"person": "inputs/person.png", "garment": "inputs/garment.png", '
+     b'"seed": ' + b"9" * 5000 + b"}", "application/json", 400, "invalid_request", "cannot be read"),
+    ("invalid UTF-8", "POST", "/v1/tryon", b'{"person": "inputs/\xff.png"}', "application/json", 400,
+     "invalid_request", "not UTF-8"),
+    ("byte-order mark", "POST", "/v1/tryon", b"\xef\xbb\xbf" + json.dumps(GOOD).encode(), "application/json", 400,
+     "invalid_request", "byte-order mark"),
+    ("UTF-16", "POST", "/v1/tryon", json.dumps(GOOD).encode("utf-16"), "application/json", 400, "invalid_request",
+     "not UTF-8"),
+    ("JSON:API type", "POST", "/v1/tryon", json.dumps(GOOD).encode(), "application/vnd.api+json", 400,
+     "invalid_request", "application/json"),
+    ("latin-1 charset", "POST", "/v1/tryon", json.dumps(GOOD).encode(), "application/json; charset=latin-1", 400,
+     "invalid_request", "UTF-8"),
     # limits before work
     ("body over the limit", "POST", "/v1/tryon", b"{" + b" " * 2_500_000 + b"}", "application/json", 413,
      "too_large", "MB"),
@@ -193,6 +211,42 @@ def test_bad_request(contract_server, case):
     assert httpx.get(contract_server["url"] + "/ping", timeout=5).status_code == 200
     assert time.monotonic() - started < 5.0
     assert volume_files(contract_server["volume"]) == before, name
+
+
+def test_null_takes_the_default_for_every_field(contract_server):
+    response = httpx.post(contract_server["url"] + "/v1/tryon", timeout=120,
+                          json={**GOOD, "garment_type": None, "return_image": None, "seed": None, "keep_photo": None})
+    assert response.status_code == 200, response.text
+    assert "image_base64" not in response.json()
+    saved = json.loads((contract_server["volume"] / response.json()["output"]).with_suffix(".json").read_text())
+    assert saved["settings"]["garment_type"] == "upper"
+    charset = httpx.post(contract_server["url"] + "/v1/tryon", timeout=120, content=json.dumps(GOOD).encode(),
+                         headers={"content-type": "application/json; charset=utf-8"})
+    assert charset.status_code == 200, charset.text
+
+
+def test_retry_after_follows_the_generation_not_the_first_load(tmp_path, make_settings, tiny_volume, images):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from app.server import create_app
+
+    volume = tmp_path / "volume"
+    shutil.copytree(tiny_volume, volume)
+    app = create_app(make_settings(volume), ui=False)
+    with TestClient(app) as client:
+        started = time.monotonic()
+        response = client.post("/v1/tryon", json={"person": {"base64": png((384, 512))},
+                                                  "garment": {"base64": png((384, 512))},
+                                                  "mask": {"base64": png((384, 512), mode="L", color="white")},
+                                                  "steps": 1, "width": 64, "height": 96})
+        assert response.status_code == 200, response.text
+        took = time.monotonic() - started
+        generate = response.json()["timings"]["generate"]
+        assert generate < took  # the first request also loaded the model
+        # The pace Retry-After is estimated from: the generation alone, not the load before it.
+        assert abs(app.state.service._seconds_per_tryon - generate) < 1e-3
 
 
 def test_chunked_body_over_the_limit_is_refused_while_streaming(contract_server):

@@ -32,6 +32,27 @@ def test_save_writes_png_and_sidecar_in_the_owners_month_folder(tmp_path):
     assert "owner" not in public_metadata(record)
 
 
+def test_owner_folders_are_keyed_by_the_volume_secret_and_old_folders_move_in(tmp_path):
+    unkeyed = store_at(tmp_path)  # the layout before keys
+    old = [unkeyed.save(Image.new("RGB", (8, 8), "blue"), {"n": i}, inputs={"person": Image.new("RGB", (4, 4))},
+                        owner="user:alice") for i in range(3)]
+    keeps = unkeyed.save(Image.new("RGB", (8, 8)), {"n": 9}, owner="user:bob")
+    pixels = [result.image_path.read_bytes() for result in old]
+    store = store_at(tmp_path, secret=b"s" * 32, save_inputs=True)
+    key = store.key_of("user:alice")
+    assert key != owner_key("user:alice") and key == owner_key("user:alice", b"s" * 32)
+    assert key != owner_key("user:alice", b"t" * 32)  # another volume, another key: a guessed name tells nothing
+    listed, total = store.list("user:alice")
+    assert total == 3 and [r.metadata["n"] for r in listed] == [2, 1, 0]
+    for result, before, png in zip(listed[::-1], old, pixels, strict=True):
+        assert result.id.endswith(key) and result.id != before.id and result.image_path.read_bytes() == png
+        assert result.metadata["id"] == result.id and result.metadata["image"] == store.relative(result.image_path)
+        assert not before.image_path.exists() and not before.sidecar_path.exists()
+    assert not (tmp_path / "outputs" / owner_key("user:alice")).exists()
+    assert keeps.image_path.is_file()  # another owner's results wait for that owner
+    assert store.get(listed[0].id, "user:alice") is not None and store.get(listed[0].id, "user:bob") is None
+
+
 def test_ids_sort_by_time_name_the_worker_and_never_repeat(tmp_path):
     one, two = store_at(tmp_path), store_at(tmp_path)  # two server processes on one volume
     ids = []
