@@ -334,7 +334,8 @@ class GradioDoor:
             await self.call_stream(scope, receive, send, owner, route.rstrip("/").rsplit("/", 1)[-1])
         elif route.startswith("/heartbeat/") and method == "GET":
             key = self.session_key(owner, route[len("/heartbeat/"):])
-            await self.app({**scope, "path": f"{API}/heartbeat/{key}", "raw_path": None}, receive, send)
+            moved = {k: v for k, v in scope.items() if k != "raw_path"}
+            await self.app({**moved, "path": f"{API}/heartbeat/{key}"}, receive, send)
         elif route == "/cancel" and method == "POST":
             await self.cancel(scope, receive, send, owner)
         elif route in OPEN_API:
@@ -364,6 +365,10 @@ class GradioDoor:
             message = (f"the file is over {self.limits.max_upload_bytes / 1e6:g} MB (TRYON_MAX_UPLOAD_MB): use a "
                        "smaller one.")
             await refuse(scope, receive, send, 413, "too_large", message)
+            return
+        elif status == 400:
+            await refuse(scope, receive, send, 400, "invalid_request", "the upload is not a multipart form with "
+                         "its files in the field \"files\": upload as the studio and gradio_client do.")
             return
         await replay(send, status, headers, body)
 

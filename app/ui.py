@@ -242,8 +242,9 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         return page_of(current + 1, request)
 
     def show_selected(session: Session, ids, event: gr.SelectData, request: gr.Request):
-        result = (service.store.get(ids[event.index], access.listing_owner(request_owner(request)))
-                  if ids and event.index < len(ids) else None)
+        index = event.index
+        known = isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(ids or [])
+        result = service.store.get(ids[index], access.listing_owner(request_owner(request))) if known else None
         if result is None:
             raise gr.Error("that result is no longer on the volume.")
         session.selected = result.metadata

@@ -289,3 +289,21 @@ def test_a_client_that_leaves_stops_its_run_and_nothing_is_saved(door):
             assert time.monotonic() < deadline, "the run went on after its client left"
             time.sleep(0.2)
     assert sorted((door["volume"] / "outputs").rglob("*.png")) == before
+
+
+def test_a_full_queue_says_when_to_come_back(tmp_path_factory):
+    volume = tmp_path_factory.mktemp("full-volume")
+    with launch_server(volume, TRYON_QUEUE_MAX="1", TRYON_API_KEYS="robot:key-r") as server, \
+            httpx.Client(base_url=server["url"], headers=ROBOT, timeout=60) as raw:
+        config = raw.get("/config").json()
+        tryon = next(d for d in config["dependencies"] if d.get("api_name") == "tryon")
+        paths = [upload(server, ROBOT, EXAMPLES / name) for name in ("person-1.png", "garment-1.png", "mask-1.png")]
+        data = [file_data(p) for p in paths] + ["upper", 400, 2.5, 7, 256, 384, 9.0, 0, 0.0, False, False]
+        answers = [join(raw, tryon["id"], data, f"queue-{n}") for n in range(3)]
+        assert [a.status_code for a in answers[:2]] == [200, 200], [a.text for a in answers]
+        full = answers[2]
+        assert full.status_code == 503 and int(full.headers["Retry-After"]) >= 1, full.text
+        assert full.json()["error"]["code"] == "busy" and "try again in about" in full.json()["detail"]
+        for answer, n in zip(answers[:2], range(2), strict=True):
+            raw.post("/gradio_api/cancel", json={"session_hash": f"queue-{n}", "event_id": answer.json()["event_id"],
+                                                 "fn_index": tryon["id"]})
