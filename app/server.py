@@ -118,7 +118,8 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
     if ui:
         import gradio as gr
 
-        from app.gradio_door import FileLedger, GradioDoor, Limits, Streams
+        from app.gradio_checks import FileLedger, Limits
+        from app.gradio_door import GradioDoor, Streams
         from app.imaging import MAX_PIXELS
         from app.ui import build_ui
         from app.ui_panels import STUDIO_CSS

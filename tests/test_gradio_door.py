@@ -126,6 +126,40 @@ class PingWatch:
         self._thread.join()
 
 
+def test_the_checks_alone_refuse_what_no_event_may_take(tmp_path):
+    import gradio as gr
+
+    from app.gradio_checks import FileLedger, Limits, Refused, check_file, check_value
+
+    ledger, limits = FileLedger(), Limits(max_upload_bytes=1000, max_pixels=100)
+    small, big, text = tmp_path / "small.png", tmp_path / "big.png", tmp_path / "text.png"
+    Image.new("RGB", (8, 8)).save(small)
+    Image.new("L", (20, 20)).save(big)
+    text.write_text("hello")
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "link.png").symlink_to(small)
+    for path in (small, big, text, tmp_path / "fifo.png", tmp_path / "link.png", tmp_path):
+        ledger.add("user:a", str(path))
+    check_file({"path": str(small)}, "person", "user:a", ledger, limits, image=True)
+    refusals = {
+        "not yours": ({"path": str(small)}, "user:b"), "no path": ({"url": "http://x/y.png"}, "user:a"),
+        "a FIFO": ({"path": str(tmp_path / "fifo.png")}, "user:a"), "a folder": ({"path": str(tmp_path)}, "user:a"),
+        "a link": ({"path": str(tmp_path / "link.png")}, "user:a"), "too many pixels": ({"path": str(big)}, "user:a"),
+        "not an image": ({"path": str(text)}, "user:a")}
+    for what, (file, owner) in refusals.items():
+        with pytest.raises(Refused) as refused:
+            check_file(file, "person", owner, ledger, limits, image=True)
+        assert refused.value.field == "person" and str(tmp_path) not in refused.value.message, what
+    whole, number = gr.Number(precision=0, label="steps"), gr.Number(label="guidance", minimum=0, maximum=20)
+    for component, value in ((whole, 2.5), (whole, True), (whole, "4"), (whole, None), (number, float("nan")),
+                             (number, 21), (gr.Checkbox(), "yes"), (gr.Checkbox(), 1),
+                             (gr.Radio(["upper", "lower"]), "hat"), (gr.Textbox(), 5)):
+        with pytest.raises(Refused):
+            check_value(type(component).__name__, component, value, "field")
+    for component, value in ((whole, 4), (number, 2.5), (gr.Checkbox(), False), (gr.Radio(["upper"]), "upper")):
+        check_value(type(component).__name__, component, value, "field")
+
+
 def test_every_file_input_of_every_event_takes_only_the_callers_own_files(door, tmp_path):
     config = httpx.get(f"{door['url']}/config", auth=BOB, timeout=30).json()
     events = file_events(config)
