@@ -114,6 +114,7 @@ def check_inputs(fn, data: list, owner: str, ledger: FileLedger, limits: Limits)
             continue  # Gradio ignores what the client sends for server-side state
         name = field_name(component, index)
         check_value(type(component).__name__, component, value, name)
+        check_shape(component, value, name)
         for file in file_dicts(value):
             check_file(file, name, owner, ledger, limits, type(component).__name__ in IMAGE_COMPONENTS
                        or "image" in (getattr(component, "file_types", None) or []))
@@ -150,6 +151,20 @@ def check_value(kind: str, component, value, name: str) -> None:
         if value is not None and not isinstance(value, dict | list):
             raise Refused(name, "give a file uploaded to this server (gradio_client uploads a local path for "
                           "you: pass handle_file(path)).")
+
+
+def check_shape(component, value, name: str) -> None:
+    """A value in the shape the component's data model takes (Gradio would otherwise answer pydantic's
+    text, with the value in it)."""
+    model = getattr(component, "data_model", None)
+    if value is None or model is None:
+        return
+    try:
+        model.model_validate(value)
+    except Exception:
+        raise Refused(name, "this is not the kind of value this input takes: see /gradio_api/info for its "
+                      "type (files as {\"path\": <an upload of yours>, \"meta\": {\"_type\": \"gradio.FileData\"}}).") \
+            from None
 
 
 def bounded(component, value, name: str) -> None:

@@ -127,7 +127,9 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
         streams = Streams()
         blocks = build_ui(service, settings, access, streams)
         blocks.queue(max_size=settings.queue_max, default_concurrency_limit=1)
-        app = gr.mount_gradio_app(app, blocks, path="/", auth_dependency=gradio_user, show_error=True,
+        # show_error=False: the app's own refusals (gr.Error) are shown as written; any other exception
+        # reaches callers as a plain "Error", never its text or a path (the log has the traceback).
+        app = gr.mount_gradio_app(app, blocks, path="/", auth_dependency=gradio_user, show_error=False,
                                   footer_links=["api"], css=STUDIO_CSS,
                                   max_file_size=int(settings.max_upload_mb * 1_000_000))
         app.add_middleware(GradioDoor, blocks=blocks, identity_of=identity_of, ledger=FileLedger(), streams=streams,
