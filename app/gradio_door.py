@@ -138,7 +138,7 @@ class GradioDoor:
         elif route == "/queue/join" and method == "POST":
             await self.join(scope, receive, send, owner, None)
         elif route.startswith(("/call/", "/run/", "/api/")) and method == "POST" and not route.startswith("/call/v2"):
-            await self.join(scope, receive, send, owner, route.strip("/").split("/")[1])
+            await self.join(scope, receive, send, owner, (route.strip("/").split("/") + [""])[1])
         elif route == "/queue/data" and method == "GET":
             await self.stream(self.with_query(scope, owner, "session_hash"), receive, send, owner)
         elif route.startswith("/call/") and method == "GET" and not route.startswith("/call/v2"):
@@ -224,8 +224,8 @@ class GradioDoor:
             return
         if key:
             self.streams.joined(key)  # before Gradio may start the event
-        status, headers, answer = await self.call_buffered(scope, replaced_body(receive, json.dumps(body).encode()),
-                                                           json.dumps(body).encode())
+        passed_on = json.dumps(body).encode()
+        status, headers, answer = await self.call_buffered(scope, replaced_body(receive, passed_on), passed_on)
         if status == 503:
             retry = self.retry_after()
             await refuse(scope, receive, send, 503, "busy", f"busy: the queue is full; try again in about {retry} s.",

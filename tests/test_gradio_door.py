@@ -303,6 +303,7 @@ def test_values_are_checked_as_strictly_as_rest_with_the_apps_sentences(door, tm
         tryon = next(d for d in raw.get("/config").json()["dependencies"] if d.get("api_name") == "tryon")
         shape = join(raw, tryon["id"], [{"path": 5}] + [None] * (len(tryon["inputs"]) - 1), "s")
         assert shape.status_code == 422 and "not the kind of value" in shape.json()["error"]["message"]
+        assert raw.post("/gradio_api/run", json={"data": []}).status_code == 404
         for closed in ("/gradio_api/stream/x", "/gradio_api/proxy=http://127.0.0.1/", "/monitoring",
                        "/gradio_api/call/v2/tryon"):
             assert raw.get(closed).status_code == 404, closed
