@@ -181,29 +181,33 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         started = time.perf_counter()
         done, total = 0, options.denoising(settings.draft_steps)[0] * count
         yield line(0.0, describe(service, 0, total, clock, started, count))
-        for event in run_in_thread(service, session, run, request_owner(request)):
-            if streams.gone(request.session_hash):  # the page was closed or reloaded: nobody waits for this run
-                session.cancel.set()
-            kind = event[0]
-            if kind == "step":
-                done, total = event[1], event[2]
-                clock.tick(done)
-            elif kind == "error":
-                exc = event[1]
-                if isinstance(exc, GenerationCancelled):
-                    yield line(done / total, f"Stopped at step {done} of {total}; finished results are in the "
-                               "gallery.", "stopped")
-                elif isinstance(exc, USER_ERRORS):
-                    yield line(None, f"Not run: {exc}", "error")
-                else:
-                    log.error("studio run failed", exc_info=exc)
-                    yield line(None, f"The try-on failed ({type(exc).__name__}: {exc}); see the server log.",
-                               "error")
-                return
-            elif kind == "done":
-                yield finished(session, run, event[1], started)
-                return
-            yield line(done / total if total else None, describe(service, done, total, clock, started, count))
+        # A page that closed or reloaded waits for nothing: its run stops (app.gradio_door.Streams).
+        page_gone = lambda: streams.gone(request.session_hash)  # noqa: E731
+        try:
+            for event in run_in_thread(service, session, run, request_owner(request), page_gone):
+                kind = event[0]
+                if kind == "step":
+                    done, total = event[1], event[2]
+                    clock.tick(done)
+                elif kind == "error":
+                    exc = event[1]
+                    if isinstance(exc, GenerationCancelled):
+                        yield line(done / total, f"Stopped at step {done} of {total}; finished results are in the "
+                                   "gallery.", "stopped")
+                    elif isinstance(exc, USER_ERRORS):
+                        yield line(None, f"Not run: {exc}", "error")
+                    else:
+                        log.error("studio run failed", exc_info=exc)
+                        yield line(None, f"The try-on failed ({type(exc).__name__}: {exc}); see the server log.",
+                                   "error")
+                    return
+                elif kind == "done":
+                    yield finished(session, run, event[1], started)
+                    return
+                yield line(done / total if total else None, describe(service, done, total, clock, started, count))
+        except GeneratorExit:  # Gradio dropped the run's stream (the page went): stop the work too
+            session.cancel.set()
+            raise
 
     def finished(session: Session, run, results, started):
         first = results[0]

@@ -12,6 +12,7 @@ import html
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
@@ -168,12 +169,15 @@ def describe(service: TryOnService, done: int, total: int, clock: StepClock, sta
     return f"{what} {done}/{total}{eta}"
 
 
-def run_in_thread(service: TryOnService, session: Session, request: RunRequest, owner: str):
-    """Start the try-ons in a worker thread; yields (done, total, results | None, error | None) as they go."""
+def run_in_thread(service: TryOnService, session: Session, request: RunRequest, owner: str,
+                  gone: Callable[[], bool] = lambda: False):
+    """Start the try-ons in a worker thread; yields (done, total, results | None, error | None) as they go.
+    The thread stops between steps on Stop or once ``gone()`` says the page has left, whether or not
+    anyone still iterates this generator (Gradio stops doing so when the page goes)."""
     events: queue.Queue = queue.Queue()
 
     def progress(done: int, total: int) -> None:
-        if session.cancel.is_set():
+        if session.cancel.is_set() or gone():
             raise GenerationCancelled(f"stopped at step {done} of {total}")
         events.put(("step", done, total))
 

@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -288,6 +289,28 @@ def test_progress_stays_on_the_result_stop_ends_the_run_and_run_is_disabled_mean
     page.wait_for_function("() => !document.querySelector('#run').disabled", timeout=10_000)
     assert len(results(volume)) == before, "a stopped run saved a result"
     assert page.locator("#stop").is_disabled()
+
+
+def test_reloading_the_page_stops_its_run_and_saves_nothing(page, studio):
+    volume = studio["volume"]
+    load_inputs(page)
+    stroke(page)
+    page.get_by_text("Settings", exact=True).click()
+    steps = page.locator("#steps input[type=number]")
+    steps.fill("100")
+    steps.press("Enter")
+    before = len(results(volume))
+    page.locator("#run").click()
+    page.wait_for_function("() => document.querySelector('#progress').innerText.includes('Step')", timeout=120_000)
+    page.reload()
+    left = time.monotonic()
+    while httpx.get(studio["url"] + "/v1/status", timeout=5).json()["queue"]["running"]:
+        assert time.monotonic() - left < 30, "the run went on after its page was reloaded"
+        time.sleep(0.1)
+    print(f"\nreload -> run stopped in {time.monotonic() - left:.2f} s")
+    assert len(results(volume)) == before
+    page.wait_for_selector("#run")
+    assert page.locator("#run").is_enabled() and page.locator("#stop").is_disabled()
 
 
 def test_an_error_shows_once_and_marks_no_other_panel(page, studio):
