@@ -256,14 +256,19 @@ def test_example_person_auto_mask_and_tools_without_touching_the_editor(page, st
 
 # -- defects 3 and 4: progress in one place, Stop, honest ETA -------------------------------------
 
-def test_progress_stays_on_the_result_stop_ends_the_run_and_run_is_disabled_meanwhile(page, studio):
-    volume = studio["volume"]
+def ready_for_a_long_run(page) -> None:
+    """Photo, garment and a stroke in place, and 100 steps set: a run long enough to watch and stop."""
     load_inputs(page)
     stroke(page)
     page.get_by_text("Settings", exact=True).click()
     steps = page.locator("#steps input[type=number]")
     steps.fill("100")
     steps.press("Enter")
+
+
+def test_progress_stays_on_the_result_stop_ends_the_run_and_run_is_disabled_meanwhile(page, studio):
+    volume = studio["volume"]
+    ready_for_a_long_run(page)
     page.evaluate("""() => { window.__firstProgress = null; const node = document.querySelector('#progress');
         new MutationObserver(() => { if (window.__firstProgress === null && /Step|Loading|Waiting|Checking/
             .test(node.innerText)) window.__firstProgress = performance.now(); })
@@ -293,12 +298,7 @@ def test_progress_stays_on_the_result_stop_ends_the_run_and_run_is_disabled_mean
 
 def test_reloading_the_page_stops_its_run_and_saves_nothing(page, studio):
     volume = studio["volume"]
-    load_inputs(page)
-    stroke(page)
-    page.get_by_text("Settings", exact=True).click()
-    steps = page.locator("#steps input[type=number]")
-    steps.fill("100")
-    steps.press("Enter")
+    ready_for_a_long_run(page)
     before = len(results(volume))
     page.locator("#run").click()
     page.wait_for_function("() => document.querySelector('#progress').innerText.includes('Step')", timeout=120_000)
