@@ -22,7 +22,7 @@ from PIL import Image
 from app.config import Settings
 from app.engine import Engine
 from app.errors import TryOnInputError, quoted
-from app.imaging import blur_mask, fit_box
+from app.imaging import blur_mask, fit_box, flatten
 from app.masking import ParserHolder, apply_tools, paste_back
 from app.outputs import ResultStore, SavedResult
 from app.validation import check_generation_args
@@ -222,6 +222,7 @@ class TryOnService:
                  mask_tools_applied: bool, auto_masks: dict | None = None) -> _Job:
         """Masks made and checked, seed drawn: everything before the GPU (``options`` already checked)."""
         check_garment_fits(garment, options.width, options.height)
+        garment = flatten(garment)  # a cut-out goes to the model (and into the record) on white, not black
         if isinstance(mask, str):  # "auto"
             made = auto_masks if auto_masks is not None else {}
             key = (id(person), options.garment_type, options.mask_grow, options.longer)

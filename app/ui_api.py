@@ -120,7 +120,7 @@ def add_api_endpoints(service: TryOnService, settings: Settings, access: Access,
                            "on the first half only; run again without it for the final)")
 
     with gr.Group(visible=False):
-        single = [gr.Image(type="pil", label="person"), gr.Image(type="pil", label="garment"),
+        single = [gr.Image(type="pil", label="person"), gr.Image(type="pil", image_mode="RGBA", label="garment"),
                   gr.Image(type="pil", image_mode="L", label="mask (optional: white = replace)"),
                   garment_type_input(), *settings_inputs(), *size_and_tools(), draft_input()]
         single_out = [gr.Image(type="pil", format="png", label="result"), gr.JSON(label="metadata")]

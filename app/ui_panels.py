@@ -52,7 +52,8 @@ def garment_panel(people: list[ExampleImage], garments: list[ExampleImage]):
     """Garment, examples and batch inputs:
     (garment, person_examples, garment_examples, extra_garments, extra_persons, variations)."""
     with gr.Column(scale=3, min_width=260):
-        garment = gr.Image(label="Garment", type="pil", sources=["upload", "clipboard"],
+        # RGBA: a cut-out keeps its transparency until the service puts it on white (RGB would turn it black)
+        garment = gr.Image(label="Garment", type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
                            elem_id="garment", height=260)
         person_examples = gr.Gallery([(str(e.path), e.label) for e in people], label="Example persons",
                                      columns=4, height=150, allow_preview=False, elem_id="examples-person",

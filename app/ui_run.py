@@ -119,7 +119,7 @@ def build_request(service: TryOnService, session: Session, editor, garment, extr
         mask = service.auto_mask(person, options.garment_type, options.mask_grow, options.longer)
     persons = [(person, mask)]
     persons += [(extra, "auto") for extra in extra_people]
-    garments = [garment.convert("RGB")] + extra_clothes
+    garments = [flatten(garment)] + extra_clothes  # as the model gets it: the Inputs view shows the same
     seeds = seeds_for(random_seed, options.seed, variations)
     items = [BatchItem(photo, clothes, item_mask, seed=seed)
              for photo, item_mask in persons for clothes in garments for seed in seeds]

@@ -352,3 +352,19 @@ def test_a_full_queue_says_when_to_come_back(tmp_path_factory):
         for answer, n in zip(answers[:2], range(2), strict=True):
             raw.post("/gradio_api/cancel", json={"session_hash": f"queue-{n}", "event_id": answer.json()["event_id"],
                                                  "fn_index": tryon["id"]})
+
+
+def test_a_cut_out_garment_keeps_its_transparency_until_it_is_put_on_white(door, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from app.imaging import flatten
+    from app.outputs import image_digest
+    from tests.test_server import cut_out
+
+    garment = tmp_path / "cut-out.png"
+    cut_out((96, 128)).save(garment)
+    client = Client(door["url"] + "/", headers=ROBOT, verbose=False)
+    _image, meta = client.predict(person=handle_file(str(EXAMPLES / "person-1.png")), garment=handle_file(str(garment)),
+                                  mask=handle_file(str(EXAMPLES / "mask-1.png")), steps=1, api_name="/tryon")
+    with Image.open(garment) as original:
+        assert meta["inputs"]["garment"] == image_digest(flatten(original))  # white, not black, behind it

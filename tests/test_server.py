@@ -231,6 +231,28 @@ def test_inputs_are_kept_only_when_asked(volume, make_settings):
         assert image_path.with_name(f"{image_path.stem}.{role}.png").is_file()
 
 
+def cut_out(size=(64, 96)) -> Image.Image:
+    """A garment on a transparent background whose hidden colour is black, as editors save cut-outs."""
+    garment = Image.new("RGBA", size, (0, 0, 0, 0))
+    garment.paste((200, 30, 30, 255), (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4))
+    return garment
+
+
+def test_a_cut_out_garment_reaches_the_model_on_white(volume, make_settings):
+    with TestClient(create_app(make_settings(volume, save_inputs=True), ui=False)) as client:
+        body = client.post("/v1/tryon", json={"person": "inputs/person.png", "garment": {"base64": b64(cut_out())},
+                                              "mask": "inputs/mask.png", **FAST}).json()
+    image_path = volume / body["output"]
+    with Image.open(image_path.with_name(f"{image_path.stem}.garment.png")) as sent:
+        assert sent.mode == "RGB"
+        assert sent.getpixel((0, 0)) == (255, 255, 255) and sent.getpixel((32, 48)) == (200, 30, 30)
+    from app.outputs import image_digest
+
+    recorded = json.loads(image_path.with_suffix(".json").read_text())["inputs"]["garment"]
+    with Image.open(image_path.with_name(f"{image_path.stem}.garment.png")) as sent:
+        assert recorded == image_digest(sent.convert("RGB"))  # the record names the pixels that ran
+
+
 def test_serving_imports_no_torch(tmp_path):
     import subprocess
     import sys
