@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageChops, ImageFilter, ImageOps, UnidentifiedImageError
 
 from app.errors import TryOnInputError
 
@@ -22,6 +24,54 @@ def center_crop_box(size: tuple[int, int], target: tuple[int, int]) -> Box:
     else:
         new_w, new_h = h * target_w // target_h, h
     return (w - new_w) // 2, (h - new_h) // 2, (w + new_w) // 2, (h + new_h) // 2
+
+
+def model_region(size: tuple[int, int], target: tuple[int, int], mask_box: Box | None = None,
+                 margin: int = 0) -> Box:
+    """The region of a photo of ``size`` the model sees, with the aspect of ``target``: it contains
+    ``mask_box`` (grown by ``margin``, within the photo) so that no masked pixel is left out.
+
+    Where the mask fits the reference's centre crop moved as little as possible, that is the region (same
+    scale as the reference). Otherwise a larger region of the target's aspect that holds the whole mask,
+    running past the photo's edges where it must (``crop_padded`` fills that part).
+    """
+    centre = center_crop_box(size, target)
+    if mask_box is None:
+        return centre
+    w, h = size
+    left, top = max(0, mask_box[0] - margin), max(0, mask_box[1] - margin)
+    right, bottom = min(w, mask_box[2] + margin), min(h, mask_box[3] + margin)
+    box_w, box_h = centre[2] - centre[0], centre[3] - centre[1]
+    if right - left > box_w or bottom - top > box_h:
+        target_w, target_h = target
+        unit = math.gcd(target_w, target_h)
+        unit_w, unit_h = target_w // unit, target_h // unit
+        n = max(math.ceil((right - left) / unit_w), math.ceil((bottom - top) / unit_h))
+        box_w, box_h = n * unit_w, n * unit_h
+
+    def place(start: int, length: int, low: int, high: int, extent: int) -> int:
+        if length > extent:  # past the photo on this side: centre it on the photo
+            return (extent - length) // 2
+        start = min(max(start, high - length), low)  # the least move that covers [low, high)
+        return min(max(start, 0), extent - length)
+
+    x = place(centre[0], box_w, left, right, w)
+    y = place(centre[1], box_h, top, bottom, h)
+    return x, y, x + box_w, y + box_h
+
+
+def crop_padded(image: Image.Image, box: Box, fill: str = "edge") -> Image.Image:
+    """``image.crop(box)`` for a box that may run past the image: the outside repeats the nearest edge
+    pixels (``fill="edge"``, for photos) or is black (``fill="black"``, for masks)."""
+    w, h = image.size
+    if box[0] >= 0 and box[1] >= 0 and box[2] <= w and box[3] <= h:
+        return image.crop(box)
+    inner = (max(box[0], 0), max(box[1], 0), min(box[2], w), min(box[3], h))
+    array = np.asarray(image.crop(inner))
+    pads = [(inner[1] - box[1], box[3] - inner[3]), (inner[0] - box[0], box[2] - inner[2])]
+    pads += [(0, 0)] * (array.ndim - 2)
+    padded = np.pad(array, pads, mode="edge") if fill == "edge" else np.pad(array, pads)
+    return Image.fromarray(padded, image.mode)
 
 
 def fit_box(size: tuple[int, int], target: tuple[int, int]) -> Box:
@@ -80,6 +130,22 @@ def flatten(image: Image.Image) -> Image.Image:
 
 
 def blur_mask(mask: Image.Image, radius: float) -> Image.Image:
-    """Soften a mask's edge (the pipeline binarises at 0.5, so this rounds corners and fills pinholes)."""
+    """Soften a mask's edge without removing anything painted: the larger of the mask and its blur. Every
+    painted pixel stays fully masked (a thin stroke is not blurred away); the blur fills pinholes and
+    notches and softens the edge outward (the pipeline binarises at 0.5, paste-back feathers from it)."""
     mask = mask.convert("L")
-    return mask.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else mask
+    if radius <= 0:
+        return mask
+    binary = mask.point(lambda v: 255 if v >= 128 else 0)
+    return ImageChops.lighter(binary, binary.filter(ImageFilter.GaussianBlur(radius)))
+
+
+def feather_out(mask: Image.Image, radius: float) -> Image.Image:
+    """White where ``mask`` is white (at least half), fading to black over about ``radius`` px outside it:
+    the larger of the mask and twice its blur, so the fade starts at full strength on the mask's edge."""
+    mask = mask.convert("L")
+    if radius <= 0:
+        return mask
+    binary = mask.point(lambda v: 255 if v >= 128 else 0)
+    doubled = binary.filter(ImageFilter.GaussianBlur(radius)).point(lambda v: min(255, 2 * v))
+    return ImageChops.lighter(binary, doubled)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from app.errors import ParserUnavailable, TryOnInputError, quoted
-from app.imaging import center_crop_box
+from app.imaging import Box, center_crop_box, feather_out
 
 log = logging.getLogger(__name__)
 
@@ -129,21 +129,22 @@ def apply_tools(mask: Image.Image, grow: int = 0, blur: float = 0.0, longer: flo
 
 # -- keep my photo ----------------------------------------------------------------------------------
 
-def paste_back(person: Image.Image, result: Image.Image, mask: Image.Image, feather: float = 8.0) -> Image.Image:
-    """The result put back into the original photo, inside the feathered mask, in the photo's own size.
+def paste_back(person: Image.Image, result: Image.Image, mask: Image.Image, feather: float = 8.0,
+               box: Box | None = None) -> Image.Image:
+    """The result put back into the original photo, inside the mask feathered outward, in the photo's size.
 
-    The pipeline works on the centred crop of the photo with the result's aspect; the result is
-    scaled back onto that crop box, and only pixels under the (feathered) mask change.
+    The pipeline worked on ``box`` of the photo (default: the centred crop with the result's aspect; a box
+    may run past the photo's edges, that part is dropped): the result is scaled back onto it, and only
+    pixels under the mask or its feather change. Every masked pixel takes the result in full.
     """
     person = person.convert("RGB")
-    box = center_crop_box(person.size, result.size)
-    width, height = box[2] - box[0], box[3] - box[1]
-    region = result.convert("RGB").resize((width, height), Image.LANCZOS)
-    alpha = mask.convert("L").crop(box)
-    if feather > 0:
-        alpha = alpha.filter(ImageFilter.GaussianBlur(feather))
+    box = center_crop_box(person.size, result.size) if box is None else box
+    inner = (max(box[0], 0), max(box[1], 0), min(box[2], person.width), min(box[3], person.height))
+    region = result.convert("RGB").resize((box[2] - box[0], box[3] - box[1]), Image.LANCZOS)
+    region = region.crop((inner[0] - box[0], inner[1] - box[1], inner[2] - box[0], inner[3] - box[1]))
+    alpha = feather_out(mask.convert("L").crop(inner), feather)
     out = person.copy()
-    out.paste(Image.composite(region, person.crop(box), alpha), box[:2])
+    out.paste(Image.composite(region, person.crop(inner), alpha), inner[:2])
     return out
 
 

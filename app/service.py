@@ -22,7 +22,7 @@ from PIL import Image
 from app.config import Settings
 from app.engine import Engine
 from app.errors import TryOnInputError, quoted
-from app.imaging import blur_mask, fit_box, flatten
+from app.imaging import Box, blur_mask, crop_padded, fit_box, flatten, model_region
 from app.masking import ParserHolder, apply_tools, paste_back
 from app.outputs import ResultStore, SavedResult
 from app.validation import check_generation_args
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 GARMENT_TYPES = ("upper", "lower", "overall")
 MIN_PERSON_SIDE = 32  # smaller photos leave nothing to paste the result back into
 SIZES = {"1024x768": (768, 1024), "512x384": (384, 512)}  # label (height x width) -> (width, height)
+PASTE_FEATHER = 8.0  # px of the photo over which paste-back fades the result out beyond the mask
+REGION_MARGIN = 24  # px kept around the mask inside the model's region: the paste-back feather fits in it
 
 
 def check_garment_fits(garment: Image.Image, width: int, height: int) -> None:
@@ -115,6 +117,7 @@ class _Job:
     garment: Image.Image
     mask: Image.Image  # as given or adjusted by the mask tools: what the sidecar records
     prepared_mask: Image.Image  # blurred: what the pipeline and paste-back use
+    region: Box  # the part of the photo the model sees: it holds the whole mask (may run past the edges)
     options: TryOnOptions
     seed: int
     steps: int  # denoising steps run: options.steps, or fewer for a draft
@@ -237,7 +240,8 @@ class TryOnService:
         # Random seeds stay below 2**53: exact as JavaScript numbers, so a seed shown in the page replays.
         seed = random.randrange(2**53) if options.seed == -1 else options.seed
         steps, guidance_steps = options.denoising(self.settings.draft_steps)
-        return _Job(person, garment, mask, prepared_mask, options, seed, steps, guidance_steps)
+        region = mask_region(person.size, prepared_mask, (options.width, options.height))
+        return _Job(person, garment, mask, prepared_mask, region, options, seed, steps, guidance_steps)
 
     @contextmanager
     def admitted(self) -> Iterator[None]:
@@ -292,14 +296,16 @@ class TryOnService:
         waited = self._wait_for_gpu(new_request)
         try:
             with self.engine.use() as pipe:
-                result = pipe(person=job.person, garment=job.garment, mask=job.prepared_mask, steps=job.steps,
+                result = pipe(person=crop_padded(job.person, job.region), garment=job.garment,
+                              mask=crop_padded(job.prepared_mask, job.region, fill="black"), steps=job.steps,
                               guidance=options.guidance, seed=job.seed, width=options.width, height=options.height,
                               callback=progress, guidance_steps=job.guidance_steps)
             self._measured(result.timings["total"])  # the generation alone: a first load is no queue's pace
         finally:
             self._gpu.release()
         pasting = time.perf_counter()
-        image = paste_back(job.person, result.image, job.prepared_mask) if options.keep_photo else result.image
+        image = (paste_back(job.person, result.image, job.prepared_mask, PASTE_FEATHER, job.region)
+                 if options.keep_photo else result.image)
         timings = {k: v for k, v in result.timings.items() if k != "total"}
         timings.update(generate=result.timings["total"], prepare=job.prepare_s, queue_wait=waited,
                        paste_back=time.perf_counter() - pasting)
@@ -313,6 +319,7 @@ class TryOnService:
                          "guidance_steps": job.guidance_steps},
             "seed": result.seed,
             "draft": options.draft,
+            "region": list(job.region),  # left, top, right, bottom of the photo: what the model saw
             "models": {"base": self.settings.base_repo, "vae": self.settings.vae_repo,
                        "adapter": self.settings.adapter_repo, "adapter_version": self.settings.adapter_version,
                        "tiny": self.settings.tiny_models},
@@ -345,6 +352,13 @@ def check_mask(person: Image.Image, mask: Image.Image | str | None) -> None:
     elif mask.size != person.size:
         raise TryOnInputError(f"mask size {mask.width}x{mask.height} differs from the person photo's "
                               f"{person.width}x{person.height}; draw or generate the mask on this photo.")
+
+
+def mask_region(size: tuple[int, int], prepared_mask: Image.Image, target: tuple[int, int]) -> Box:
+    """The model's region for a mask: the reference's centre crop, moved or enlarged to hold every masked
+    pixel (as the pipeline binarises it) with a margin for the paste-back feather."""
+    return model_region(size, target, prepared_mask.point(lambda v: 255 if v >= 128 else 0).getbbox(),
+                        margin=REGION_MARGIN)
 
 
 def batch_progress(progress: Callable[[int, int], None], offset: int, total: int) -> Callable[[int, int], None]:

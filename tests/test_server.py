@@ -9,6 +9,7 @@ import os
 import threading
 import time
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -303,3 +304,32 @@ def test_ping_stays_ready_after_an_idle_release(volume, make_settings):
         assert engine.status().state == "unloaded" and engine.status().releases == 1
         assert client.get("/ping").status_code == 200  # released, not initialising: the next request reloads
     engine.close()
+
+
+@pytest.mark.parametrize("size, strip", [((900, 600), (0, 100, 90, 500)),  # landscape: the left edge
+                                         ((600, 900), (100, 0, 500, 40)),  # portrait: the top rows
+                                         ((1200, 600), (40, 60, 1160, 560))])  # wider than any 3:4 crop
+def test_every_masked_pixel_reaches_the_model(volume, make_settings, size, strip):
+    """The model's region follows the mask: no masked pixel comes back untouched (the centre crop left a
+    landscape photo's edges and a portrait's top and bottom rows out)."""
+    rng = np.random.default_rng(1)
+    person = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    mask = Image.new("L", size, 0)
+    mask.paste(255, strip)
+    with TestClient(create_app(make_settings(volume), ui=False)) as client:
+        body = client.post("/v1/tryon", json={"person": {"base64": b64(person)}, "garment": "inputs/garment.png",
+                                              "mask": {"base64": b64(mask)}, "mask_blur": 0, **FAST}).json()
+    image_path = volume / body["output"]
+    with Image.open(image_path) as saved:
+        after = np.asarray(saved.convert("RGB")).astype(int)
+    before = np.asarray(person).astype(int)
+    changed = np.abs(after - before).sum(axis=2) > 0
+    masked = np.asarray(mask) > 0
+    assert changed[masked].mean() > 0.97, f"{changed[masked].mean():.1%} of the masked pixels changed"
+    far = np.ones_like(masked)
+    far[max(0, strip[1] - 40):strip[3] + 40, max(0, strip[0] - 40):strip[2] + 40] = False
+    assert not changed[far].any()  # and nothing beyond the mask's feather
+    region = json.loads(image_path.with_suffix(".json").read_text())["region"]
+    left, top, right, bottom = region
+    assert left <= strip[0] and top <= strip[1] and right >= strip[2] and bottom >= strip[3]
+    assert (right - left) * 96 == (bottom - top) * 64  # the model's aspect
