@@ -62,18 +62,26 @@ def painted_mask(value: dict | None, photo_size: tuple[int, int]) -> Image.Image
     return mask
 
 
-def redraw_auto(painted: Image.Image, shown_auto: Image.Image | None, new_auto: Image.Image) -> Image.Image:
-    """Swap the automatic part of a mask, keeping the user's own edits.
-
-    What the user added beyond the last automatic mask (brush strokes) and what they removed from it
-    (eraser) survive; everything else follows ``new_auto``.
+class MaskEdits:
+    """The user's own edits to the automatic mask, kept as layers of their own: strokes (added by the brush)
+    and erasures (removed by the eraser). A redraw of the automatic mask (another garment type, grow,
+    longer) re-applies both, so no edit is lost however often the automatic part changes.
     """
-    now = np.asarray(painted.convert("L")) > 127
-    new = np.asarray(new_auto.convert("L")) > 127
-    if shown_auto is None:
-        result = now | new
-    else:
-        before = np.asarray(shown_auto.convert("L")) > 127
-        strokes, erased = now & ~before, before & ~now
-        result = (new & ~erased) | strokes
-    return Image.fromarray(np.where(result, 255, 0).astype(np.uint8), "L")
+
+    def __init__(self, size: tuple[int, int]):
+        self.strokes = np.zeros((size[1], size[0]), dtype=bool)
+        self.erased = np.zeros_like(self.strokes)
+
+    def absorb(self, painted: Image.Image, shown: Image.Image | None) -> None:
+        """Take in what the user did to ``shown`` (the mask last drawn in the editor; None: nothing was):
+        what ``painted`` adds is a stroke, what it removes an erasure, the latest edit of a pixel wins."""
+        now = np.asarray(painted.convert("L")) > 127
+        before = np.zeros_like(now) if shown is None else np.asarray(shown.convert("L")) > 127
+        added, removed = now & ~before, before & ~now
+        self.strokes = (self.strokes | added) & ~removed
+        self.erased = (self.erased | removed) & ~added
+
+    def compose(self, auto: Image.Image | None) -> Image.Image:
+        """The mask to show: ``auto`` less the erasures, plus the strokes."""
+        base = np.zeros_like(self.strokes) if auto is None else np.asarray(auto.convert("L")) > 127
+        return Image.fromarray(np.where((base & ~self.erased) | self.strokes, 255, 0).astype(np.uint8), "L")

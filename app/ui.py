@@ -17,12 +17,11 @@ from PIL import Image
 
 from app.access import Access
 from app.config import Settings
-from app.editor import mask_layer, redraw_auto
+from app.editor import mask_layer
 from app.errors import GenerationCancelled
 from app.examples import example_garments, example_people
 from app.gradio_door import Streams
 from app.guard import request_owner
-from app.masking import apply_tools
 from app.outputs import public_metadata
 from app.service import SIZES, TryOnOptions, TryOnService
 from app.ui_api import add_api_endpoints
@@ -32,6 +31,7 @@ from app.ui_run import (
     USER_ERRORS,
     Session,
     StepClock,
+    auto_part,
     build_request,
     compare_pair,
     describe,
@@ -115,39 +115,34 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         with Image.open(example.path) as image:
             photo = image.convert("RGB")
         session.set_photo(photo)
-        session.shown_auto = None  # the editor gets the photo with an empty mask layer
+        session.forget_mask()  # the editor gets the photo with an empty mask layer
         return photo, None
 
     def load_garment(event: gr.SelectData):
         example = example_at(garments, event)
         return str(example.path), example.garment_type or gr.skip()
 
-    def auto_for(session: Session, photo: Image.Image, garment_type: str, grow, longer) -> Image.Image:
-        if garment_type not in session.auto_masks:
-            session.auto_masks[garment_type] = service.auto_mask(photo, garment_type)
-        return apply_tools(session.auto_masks[garment_type], grow=int(grow), longer=0.15 if longer else 0.0)
-
     def on_auto(session: Session, editor, garment_type, grow, longer):
-        """Auto mask: the parser's mask for this garment type, with the tools, added to the user's strokes."""
-        try:
-            photo, current = person_and_mask(session, editor)
-            new = auto_for(session, photo, garment_type, grow, longer)
-        except USER_ERRORS as exc:
-            gr.Warning(str(exc))  # a notice, not an error state: the chain goes on and restores the button
-            return NOTHING
-        merged = redraw_auto(current if current is not None else Image.new("L", photo.size, 0), session.shown_auto,
-                             new)
-        session.shown_auto = new
-        return photo, mask_layer(merged)
+        """Auto mask: the parser's mask for this garment type, with the tools, the user's edits re-applied."""
+        with session.masking:
+            try:
+                photo, current = person_and_mask(session, editor)
+                tools = (garment_type, int(grow), 0.15 if longer else 0.0)
+                shown = session.redraw(current, auto_part(service, session, photo, tools), tools)
+            except USER_ERRORS as exc:
+                gr.Warning(str(exc))  # a notice, not an error state: the chain goes on and restores the button
+                return NOTHING
+        return photo, mask_layer(shown)
 
     def on_tools(session: Session, editor, garment_type, grow, longer):
-        """Grow, Longer or the garment type changed: redraw the automatic part, keep strokes and erasures."""
+        """Grow, Longer or the garment type changed (however entered): redraw the automatic part at once,
+        keeping strokes and erasures. A hand-painted mask is used exactly as painted."""
         try:
             person_and_mask(session, editor)  # notices a new photo, which has no automatic mask yet
         except USER_ERRORS:
             return NOTHING
         if session.shown_auto is None:
-            return NOTHING  # a hand-painted mask is used exactly as painted
+            return NOTHING
         return on_auto(session, editor, garment_type, grow, longer)
 
     # -- a run ----------------------------------------------------------------------------------
@@ -218,7 +213,8 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         kind = "draft try-on" if run.options.draft else "try-on"
         note = f"Done: {len(results)} {kind}{'s' if len(results) > 1 else ''} in {elapsed:.1f} s."
         shown = gr.update(value=image, label="Result: draft (fast preview)" if run.options.draft else "Result")
-        return (progress_html(1.0, note, "done"), *buttons(False), shown, compare_pair(run.first_person, image),
+        before_after = compare_pair(run.first_person, image, first.metadata.get("region"))
+        return (progress_html(1.0, note, "done"), *buttons(False), shown, before_after,
                 inputs_strip(run.first_person, run.first_mask, run.items[0].garment, image),
                 gr.update(value=strip, visible=bool(strip)), summary(first.metadata), first.metadata["seed"])
 
@@ -303,9 +299,10 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
                              **quiet).then(on_auto, tool_inputs, to_editor, **quiet)
         into_editor(masking).then(lambda: gr.update(value="Auto mask", interactive=True), None, auto, queue=False,
                                   **quiet)
-        into_editor(grow.release(on_tools, tool_inputs, to_editor, **quiet))
-        into_editor(longer.input(on_tools, tool_inputs, to_editor, **quiet))
-        into_editor(garment_type.input(on_tools, tool_inputs, to_editor, **quiet))
+        # Every way a tool value arrives (slider, its box and Enter, Use these settings, an example garment's
+        # type) is a change: the shown mask is redrawn at once, the latest value only when they come fast.
+        for tool in (grow, longer, garment_type):
+            into_editor(tool.change(on_tools, tool_inputs, to_editor, trigger_mode="always_last", **quiet))
 
         page_outputs = [gallery, ids, page, page_label]
         run_inputs = [session, person, garment, garment_type, steps, guidance, random_seed, seed, size, mask_blur,

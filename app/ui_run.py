@@ -13,13 +13,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image, ImageOps
 
-from app.editor import painted_mask, photo_digest
+from app.editor import MaskEdits, painted_mask, photo_digest
 from app.errors import GenerationCancelled, ModelLoadError, TryOnInputError
-from app.imaging import decode_image, flatten, resize_and_crop
+from app.imaging import crop_padded, decode_image, flatten, resize_and_crop
+from app.masking import apply_tools
 from app.outputs import SavedResult
 from app.service import BatchItem, BusyError, TryOnOptions, TryOnService
 
@@ -31,7 +32,9 @@ class Session:
     """One browser session's studio state, held server-side in ``gr.State`` (never sent to the page).
 
     ``photo`` is the person photo in the editor; ``auto_masks`` caches the parser's masks for it by
-    garment type; ``shown_auto`` is the automatic mask currently drawn in the editor (tools applied).
+    garment type. When an automatic mask is drawn, ``shown_auto`` is its automatic part (tools applied,
+    made with ``shown_tools``: garment type, grow, longer), ``edits`` the user's strokes and erasures on
+    it, and ``shown`` the mask last drawn in the editor (the two composed).
     """
 
     def __init__(self):
@@ -39,6 +42,10 @@ class Session:
         self.photo_id: str | None = None
         self.auto_masks: dict[str, Image.Image] = {}
         self.shown_auto: Image.Image | None = None
+        self.shown_tools: tuple | None = None
+        self.shown: Image.Image | None = None
+        self.edits: MaskEdits | None = None
+        self.masking = threading.Lock()  # one mask redraw at a time per session
         self.cancel = threading.Event()
         self.last_seed: int | None = None
         self.selected: dict | None = None  # metadata of the gallery item last opened
@@ -52,8 +59,23 @@ class Session:
         if digest == self.photo_id:
             return False
         self.photo, self.photo_id = photo, digest
-        self.auto_masks, self.shown_auto = {}, None
+        self.auto_masks = {}
+        self.forget_mask()
         return True
+
+    def forget_mask(self) -> None:
+        """The editor holds no mask of ours (a new photo, or an example loaded with an empty layer)."""
+        self.shown_auto = self.shown_tools = self.shown = self.edits = None
+
+    def redraw(self, painted: Image.Image | None, auto: Image.Image, tools: tuple) -> Image.Image:
+        """The mask to show with a new automatic part: the user's edits on what was shown, re-applied."""
+        if self.edits is None:
+            self.edits = MaskEdits(auto.size)
+        if painted is not None:
+            self.edits.absorb(painted, self.shown)
+        self.shown_auto, self.shown_tools = auto, tools
+        self.shown = self.edits.compose(auto)
+        return self.shown
 
 
 @dataclass
@@ -80,8 +102,8 @@ def person_and_mask(session: Session, editor: dict | None) -> tuple[Image.Image,
     photo = session.photo
     if photo is None:
         raise TryOnInputError("no person photo: upload one in the Person editor, or pick an example.")
-    if background is None and session.shown_auto is not None:
-        return photo, session.shown_auto
+    if background is None and session.shown is not None:
+        return photo, session.shown
     mask = painted_mask(editor, photo.size)
     return photo, (mask if mask.getbbox() else None)
 
@@ -105,9 +127,23 @@ def seeds_for(random_seed: bool, seed: int, variations: int) -> list[int]:
     return [-1] * variations if random_seed else [seed + i for i in range(variations)]
 
 
+def auto_part(service: TryOnService, session: Session, photo: Image.Image, tools: tuple) -> Image.Image:
+    """The automatic mask of the held photo for ``tools`` (garment type, grow, longer): the parser runs
+    once per garment type and photo, the tools on every call."""
+    garment_type, grow, longer = tools
+    if garment_type not in session.auto_masks:
+        session.auto_masks[garment_type] = service.auto_mask(photo, garment_type)
+    return apply_tools(session.auto_masks[garment_type], grow=grow, longer=longer)
+
+
 def build_request(service: TryOnService, session: Session, editor, garment, extra_persons, extra_garments,
                   options: TryOnOptions, random_seed: bool, variations: int) -> RunRequest:
-    """Every item of the run, checked; with nothing painted, the parser's mask (as Auto mask would show it)."""
+    """Every item of the run, checked; with nothing painted, the parser's mask (as Auto mask would show it).
+
+    What is recorded is what runs: an automatic mask drawn with other tool values than the form's (a value
+    entered a moment before Run, whose redraw has not reached the editor yet) is redrawn with the form's,
+    the user's edits kept; grow and longer apply to automatic masks only, so a hand-painted mask records 0.
+    """
     options.check()
     person, mask = person_and_mask(session, editor)
     if garment is None:
@@ -115,8 +151,15 @@ def build_request(service: TryOnService, session: Session, editor, garment, extr
     limit_mb = service.settings.max_upload_mb
     extra_people = read_uploads(extra_persons, "extra person", limit_mb)
     extra_clothes = read_uploads(extra_garments, "extra garment", limit_mb)
+    tools = (options.garment_type, options.mask_grow, options.longer)
     if mask is None:
-        mask = service.auto_mask(person, options.garment_type, options.mask_grow, options.longer)
+        mask = service.auto_mask(person, *tools)
+    elif session.shown_auto is not None:
+        with session.masking:
+            if session.shown_tools != tools:
+                mask = session.redraw(mask, auto_part(service, session, person, tools), tools)
+    elif not extra_people:  # a hand-painted mask runs as painted: no tool touched it
+        options = replace(options, mask_grow=0, longer=0.0)
     persons = [(person, mask)]
     persons += [(extra, "auto") for extra in extra_people]
     garments = [flatten(garment)] + extra_clothes  # as the model gets it: the Inputs view shows the same
@@ -199,10 +242,13 @@ def run_in_thread(service: TryOnService, session: Session, request: RunRequest, 
             yield ("tick",)
 
 
-def compare_pair(person: Image.Image, result: Image.Image) -> tuple[Image.Image, Image.Image]:
-    """Before and after at the same size: the photo as the result frames it."""
+def compare_pair(person: Image.Image, result: Image.Image,
+                 region: list | None = None) -> tuple[Image.Image, Image.Image]:
+    """Before and after at the same size: the photo as the result frames it (the model's ``region`` of it,
+    when the result is the model's own frame rather than the whole photo)."""
     before = person.convert("RGB")
     if before.size != result.size:
+        before = crop_padded(before, tuple(region)) if region else before
         before = resize_and_crop(before, result.size)
     return before, result
 

@@ -139,7 +139,7 @@ def test_parser_holder_explains_a_missing_parser(tmp_path):
 
 
 def test_auto_mask_layer_reads_back_as_the_painted_mask_in_photo_coordinates(images):
-    from app.editor import CANVAS_SIZE, mask_layer, painted_mask, redraw_auto
+    from app.editor import CANVAS_SIZE, MaskEdits, mask_layer, painted_mask
 
     mask = images["mask"]
     layer = mask_layer(mask)
@@ -160,11 +160,42 @@ def test_auto_mask_layer_reads_back_as_the_painted_mask_in_photo_coordinates(ima
     painted = old_auto.copy()
     painted.paste(255, (8, 8, 10, 10))  # a stroke
     painted.paste(0, (2, 2, 3, 3))  # an erasure
-    result = white(redraw_auto(painted, old_auto, new_auto))
+    edits = MaskEdits((10, 10))
+    edits.absorb(painted, old_auto)
+    result = white(edits.compose(new_auto))
     assert result[8, 8] and result[9, 9]  # stroke kept
     assert not result[2, 2]  # erasure kept
     assert result[1, 1] and result[6, 6]  # growth shown
-    assert white(redraw_auto(painted, None, new_auto)).sum() == (white(painted) | white(new_auto)).sum()
+    fresh = MaskEdits((10, 10))
+    fresh.absorb(painted, None)  # painted before any automatic mask: all of it is the user's
+    assert white(fresh.compose(new_auto)).sum() == (white(painted) | white(new_auto)).sum()
+
+
+def test_edits_survive_a_round_trip_through_other_garment_types():
+    """Upper -> Lower -> Upper brought back every erased pixel and dropped strokes that overlapped Lower."""
+    from app.editor import MaskEdits
+
+    upper, lower = Image.new("L", (20, 20), 0), Image.new("L", (20, 20), 0)
+    upper.paste(255, (2, 2, 18, 10))
+    lower.paste(255, (2, 8, 18, 18))
+    painted = upper.copy()
+    painted.paste(0, (4, 4, 8, 8))  # erased from the upper mask
+    painted.paste(255, (10, 12, 14, 16))  # a stroke inside what Lower masks
+    edits = MaskEdits((20, 20))
+    shown = upper
+    for auto in (lower, upper, lower, upper):
+        edits.absorb(painted, shown)
+        shown = painted = edits.compose(auto)  # what the editor shows next, unedited meanwhile
+    final = white(painted)
+    assert not final[4:8, 4:8].any()  # the erasure survived
+    assert final[12:16, 10:14].all()  # and the stroke
+    assert final[2:4, 2:18].all() and not final[16:18, 2:10].any()  # Upper's own part, not Lower's
+    # an edit of an edit: erasing part of a stroke later removes it from the strokes
+    painted = painted.copy()
+    painted.paste(0, (10, 12, 12, 16))
+    edits.absorb(painted, shown)
+    again = white(edits.compose(lower))
+    assert not again[12:16, 10:12].any() and again[12:16, 12:14].all()
 
 
 def test_growing_a_huge_mask_is_scaled_and_close_to_exact():
@@ -180,3 +211,15 @@ def test_growing_a_huge_mask_is_scaled_and_close_to_exact():
     for got, exact in ((left, 960), (top, 960), (right, 2041), (bottom, 3041)):
         assert abs(got - exact) <= 3, (got, exact)
     assert set(np.unique(np.asarray(grown)).tolist()) == {0, 255}
+
+
+def test_paste_back_into_a_region_that_runs_past_the_photo():
+    person = Image.new("RGB", (300, 200), (10, 10, 10))
+    mask = Image.new("L", person.size, 0)
+    ImageDraw.Draw(mask).rectangle((0, 20, 40, 180), fill=255)  # at the left edge
+    box = (-30, -100, 270, 300)  # 300x400: the model's region, past the left, top and bottom edges
+    result = Image.new("RGB", (96, 128), (0, 255, 0))
+    out = np.asarray(paste_back(person, result, mask, feather=4, box=box)).astype(int)
+    assert out.shape == (200, 300, 3)
+    assert (out[20:181, 0:41] == (0, 255, 0)).all()  # every masked pixel, edge included, is the result
+    assert (out[:, 80:] == 10).all()  # beyond the feather nothing changed

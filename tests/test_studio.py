@@ -6,6 +6,8 @@ person, mask and garment next to each result), the buttons' state, the progress 
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import time
@@ -137,6 +139,21 @@ def run_and_wait(page, volume: Path, count: int = 1) -> list[dict]:
     return [json.loads(p.read_text()) for p in saved[before:]]
 
 
+def shown_mask(page, size: tuple[int, int]) -> np.ndarray:
+    """The mask the editor shows now: the painted pixels of its layers (read from the page itself) in
+    photo coordinates, white where painted."""
+    from app.editor import painted_mask
+
+    urls = page.evaluate("""async () => {
+      const blobs = await window.editor.get_blobs();
+      const read = (blob) => new Promise((done) => {
+        const reader = new FileReader(); reader.onload = () => done(reader.result); reader.readAsDataURL(blob); });
+      return Promise.all((blobs.layers || []).filter(Boolean).map(read));
+    }""")
+    layers = [Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) for url in urls]
+    return white(painted_mask({"layers": layers}, size))
+
+
 def saved_input(volume: Path, meta: dict, role: str) -> Image.Image:
     with Image.open(volume / meta["input_files"][role]) as image:
         return image.copy()
@@ -219,6 +236,75 @@ def test_mask_tools_and_garment_type_redraw_the_shown_mask(page, studio, auto_re
     mask = white(saved_input(volume, meta, "mask"))
     assert (mask ^ expected).sum() / expected.sum() < 0.01
     assert meta["settings"]["garment_type"] == "lower" and meta["settings"]["longer"] == 0.15
+
+
+def test_every_way_of_entering_grow_redraws_the_mask_and_the_run_is_what_was_shown(page, studio, auto_reference):
+    """Typed in the box with Enter, typed and left with Tab, the slider's keys, Use these settings: each
+    redraws the shown mask at once; each run saves exactly the mask shown and records the grow it shows."""
+    from app.masking import apply_tools
+
+    volume = studio["volume"]
+    load_inputs(page)
+    press_auto_mask(page)
+    size = auto_reference["upper"].size
+    page.get_by_text("Mask tools").click()
+    box, slider = page.locator("#grow input[type=number]"), page.locator("#grow input[type=range]")
+
+    def entered(how: str, value: int) -> None:
+        if how == "keys":  # the slider, from the keyboard: each key press moves it one step
+            slider.focus()
+            current = int(slider.input_value())
+            for _ in range(abs(value - current)):
+                slider.press("ArrowRight" if value > current else "ArrowLeft")
+        else:
+            box.fill(str(value))
+            box.press(how)
+        page.wait_for_timeout(2500)
+
+    runs = {}
+    for how, value in (("Enter", 12), ("Tab", -6), ("keys", -3)):
+        entered(how, value)
+        expected = white(apply_tools(auto_reference["upper"], grow=value))
+        deadline = time.monotonic() + 15
+        while True:  # the redraw is on its way (a busy machine may take a few seconds)
+            shown = shown_mask(page, size)
+            apart = (shown ^ expected).sum() / expected.sum()
+            if apart < 0.01 or time.monotonic() > deadline:
+                break
+            page.wait_for_timeout(500)
+        assert apart < 0.01, (how, value, f"{apart:.1%} apart")
+        [meta] = run_and_wait(page, volume)
+        assert np.array_equal(white(saved_input(volume, meta, "mask")), shown), how
+        assert meta["settings"]["mask_grow"] == value and f"mask grown {value:+d} px" in \
+            page.locator("#summary").inner_text()
+        runs[value] = meta
+
+    page.locator("#gallery .thumbnail-item").nth(2).click()  # newest first: the +12 run
+    page.wait_for_selector("#selected-summary", state="visible")
+    page.locator("#reuse").click()
+    page.wait_for_timeout(2500)
+    assert box.input_value() == "12"
+    [again] = run_and_wait(page, volume)
+    assert again["settings"]["mask_grow"] == 12
+    assert np.array_equal(white(saved_input(volume, again, "mask")), white(saved_input(volume, runs[12], "mask")))
+
+
+def test_edits_survive_garment_type_changes(page, studio, auto_reference):
+    """Upper -> Lower -> Upper: the eraser's and the brush's work comes back with the Upper mask."""
+    volume = studio["volume"]
+    load_inputs(page)
+    press_auto_mask(page)
+    stroke(page, tool="Erase", at=(0.22, 0.62))
+    stroke(page, at=(0.5, 0.9))  # low down: overlaps what Lower masks
+    [edited] = run_and_wait(page, volume)
+    for kind in ("Lower", "Upper"):
+        page.locator("#garment-type label", has_text=kind).click()
+        page.wait_for_timeout(2500)
+    [back] = run_and_wait(page, volume)
+    first, second = white(saved_input(volume, edited, "mask")), white(saved_input(volume, back, "mask"))
+    auto = white(auto_reference["upper"])
+    assert (auto & ~first).sum() > 500 and (first & ~auto).sum() > 500  # erased and painted
+    assert np.array_equal(first, second), f"{(first ^ second).sum()} px differ after Upper -> Lower -> Upper"
 
 
 def test_tools_leave_a_hand_painted_mask_as_painted(page, studio):
