@@ -115,9 +115,12 @@ def check_inputs(fn, data: list, owner: str, ledger: FileLedger, limits: Limits)
         name = field_name(component, index)
         check_value(type(component).__name__, component, value, name)
         check_shape(component, value, name)
+        # An event that takes its files raw (preprocess=False) decodes them itself and reports a file that is
+        # not an image in its own words; Gradio opens nothing. Ownership, kind and size still hold.
+        image = getattr(fn, "preprocess", True) and (type(component).__name__ in IMAGE_COMPONENTS
+                                                     or "image" in (getattr(component, "file_types", None) or []))
         for file in file_dicts(value):
-            check_file(file, name, owner, ledger, limits, type(component).__name__ in IMAGE_COMPONENTS
-                       or "image" in (getattr(component, "file_types", None) or []))
+            check_file(file, name, owner, ledger, limits, image)
 
 
 def check_value(kind: str, component, value, name: str) -> None:

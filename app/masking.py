@@ -66,16 +66,36 @@ def mask_from_labels(labels: np.ndarray, garment_type: str, names: dict[str, int
 # -- mask tools -------------------------------------------------------------------------------------
 
 def fill_holes(mask: Image.Image) -> Image.Image:
-    """Fill regions of black fully enclosed by white (a flood fill of the background from the border)."""
-    binary = np.asarray(mask.convert("L")) > 127
-    padded = Image.fromarray(np.pad(np.where(binary, 255, 0).astype(np.uint8), 1), "L").copy()  # writable
-    from PIL import ImageDraw
+    """Fill regions of black fully enclosed by white: everything black that the outside cannot reach.
 
-    ImageDraw.floodfill(padded, (0, 0), 128)  # everything reachable from outside becomes 128
-    outside = np.asarray(padded)[1:-1, 1:-1] == 128
+    The outside spreads from the border along runs of black, by rows then by columns, until it stops
+    growing: a few whole-array passes in numpy (a pixel-by-pixel flood fill took 7 s on a 6-megapixel photo).
+    """
+    black = np.asarray(mask.convert("L")) <= 127
+    outside = np.zeros_like(black)
+    outside[[0, -1], :], outside[:, [0, -1]] = black[[0, -1], :], black[:, [0, -1]]
+    while True:
+        spread = _along_runs(_along_runs(outside, black).T, black.T).T
+        if np.array_equal(spread, outside):
+            break
+        outside = spread
     return Image.fromarray(np.where(outside, 0, 255).astype(np.uint8), "L")
 
 
+def _along_runs(reached: np.ndarray, black: np.ndarray) -> np.ndarray:
+    """Every run of black in a row that holds a reached pixel, reached whole."""
+    height, width = black.shape
+    flat = black.ravel()
+    starts = flat.copy()
+    starts[1:] &= ~flat[:-1]  # a run starts where black begins...
+    starts[::width] = flat[::width]  # ...or at the start of a row
+    run = np.cumsum(starts) * flat  # each black pixel's run number (1, 2, ...); 0 elsewhere
+    hit = np.bincount(run, weights=reached.ravel(), minlength=int(run.max()) + 1) > 0
+    hit[0] = False
+    return hit[run].reshape(height, width)
+
+
+AUTO_MASK_SIDE = 1024  # px: the long side at which the auto-mask rules run (the parser sees 512)
 GROW_WORK_PIXELS = 2_000_000  # larger masks are grown at a reduced scale: seconds, not minutes
 
 
@@ -183,7 +203,16 @@ class HumanParser:
         return logits.argmax(dim=1)[0].cpu().numpy()
 
     def auto_mask(self, image: Image.Image, garment_type: str) -> Image.Image:
-        return mask_from_labels(self.labels(image), garment_type, self.names)
+        """The mask for ``garment_type`` in the photo's size. The rules run on the labels at most
+        AUTO_MASK_SIDE px on the long side (the parser itself sees far less) and the mask is scaled up:
+        a camera photo's mask in a fraction of a second instead of ten seconds."""
+        scale = min(1.0, AUTO_MASK_SIDE / max(image.size))
+        if scale == 1.0:
+            return mask_from_labels(self.labels(image), garment_type, self.names)
+        work = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                            Image.BILINEAR)
+        mask = mask_from_labels(self.labels(work), garment_type, self.names)
+        return mask.resize(image.size, Image.BILINEAR).point(lambda v: 255 if v >= 128 else 0)
 
 
 class ParserHolder:

@@ -42,6 +42,9 @@ MONTH = re.compile(r"^\d{4}-\d{2}$")
 LEGACY_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 LEGACY_NAME = re.compile(r"^(\d{12})-([0-9a-f]{8})$")
 TEMP_MAX_AGE_S = 3600.0
+# zlib level of the PNGs on the volume: lossless either way; level 1 wrote a 6-megapixel photo in 0.8 s and
+# 10.5 MB where PIL's default (6) took 4.2 s for 9.0 MB.
+PNG_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -147,10 +150,11 @@ class ResultStore:
                 record["input_files"] = {}
                 for role, img in inputs.items():
                     path = image_path.with_name(f"{image_path.stem}.{role}.png")
-                    write_atomically(path, lambda handle, img=img: img.save(handle, format="PNG"))
+                    write_atomically(path, lambda handle, img=img: img.save(handle, format="PNG",
+                                                                           compress_level=PNG_LEVEL))
                     written.append(path)
                     record["input_files"][role] = self.relative(path)
-            write_atomically(image_path, lambda handle: image.save(handle, format="PNG"))
+            write_atomically(image_path, lambda handle: image.save(handle, format="PNG", compress_level=PNG_LEVEL))
             written.append(image_path)
             body = json.dumps(record, indent=2, sort_keys=True).encode()
             write_atomically(image_path.with_suffix(".json"), lambda handle: handle.write(body))

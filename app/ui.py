@@ -25,7 +25,7 @@ from app.guard import request_owner
 from app.outputs import public_metadata
 from app.service import SIZES, TryOnOptions, TryOnService
 from app.ui_api import add_api_endpoints
-from app.ui_gallery import form_values, gallery_page, seed_caption, summary
+from app.ui_gallery import form_values, gallery_page, seed_caption, summary, thumbnail
 from app.ui_panels import editor_panel, gallery_panel, garment_panel, run_panel
 from app.ui_run import (
     USER_ERRORS,
@@ -36,10 +36,12 @@ from app.ui_run import (
     compare_pair,
     describe,
     inputs_strip,
+    page_copy,
     person_and_mask,
     progress_html,
     run_in_thread,
     saved_image,
+    unreadable_upload,
 )
 
 log = logging.getLogger(__name__)
@@ -47,16 +49,56 @@ STATE_TEXT = {"unloaded": "not loaded (loads on the first run)", "loading": "loa
               "failed": "failed to load"}
 # Loads a photo (and a mask layer) into the person editor the way an upload does. Gradio 6's editor,
 # given such a value from the server, re-uploads it in a loop and its brush stops drawing on replaced
-# layers; its own loader, as used for uploads, has neither problem.
-NOTHING = (None, None)  # nothing for the editor loader to load (it ignores a missing photo)
+# layers; its own loader, as used for uploads, has neither problem. A mask redraw sends the layer alone:
+# the editor keeps its photo (the loader replaces every layer), and a camera photo is not encoded,
+# downloaded and decoded again for each redraw.
+NOTHING = (None, None)  # nothing for the editor loader to load
 EDITOR_LOAD_JS = """async (photo, layer) => {
   const editor = window.editor;
-  if (!editor || !photo) return;
+  if (!editor || (!photo && !layer)) return;
   await editor.ready;  // window.editor exists before its canvas is set up; a photo given earlier is lost
-  await editor.add_image_from_url(photo.url);
+  if (photo) await editor.add_image_from_url(photo.url);
   await editor.add_layers_from_url(layer ? [layer.url] : []);
   const brush = document.querySelector('#person button[aria-label="Brush"]');
   if (brush) brush.click(); else editor.set_tool('draw');  // the button also tells the editor's toolbar
+}"""
+# The editor drops a file the browser cannot draw without a word: say so in the progress line instead.
+PERSON_CHECK_JS = """() => {
+  document.addEventListener('change', async (event) => {
+    const input = event.target;
+    if (!(input instanceof HTMLInputElement) || input.type !== 'file' || !input.closest('#person')) return;
+    const file = input.files && input.files[0];
+    if (!file) return;
+    try { (await createImageBitmap(file)).close(); } catch (error) {
+      const line = document.querySelector('#progress .tryon-progress');
+      if (!line) return;
+      line.className = 'tryon-progress error';
+      line.innerHTML = '';
+      const text = document.createElement('span');
+      text.textContent = `That file is not an image we can read: ${file.name} (as the person). ` +
+        'Use a PNG, JPEG or WebP photo.';
+      line.appendChild(text);
+    }
+  }, true);
+}"""
+# Run pressed: the page says so and disables Run at once, before the photos travel (a camera photo's
+# upload and decoding take seconds), and remembers the moment; the done line then counts from it.
+RUN_PRESSED_JS = """() => {
+  window.tryonPressed = performance.now();
+  const run = document.querySelector('#run');
+  if (run) { run.disabled = true; run.textContent = 'Running…'; }
+  const line = document.querySelector('#progress .tryon-progress');
+  if (line) {
+    line.className = 'tryon-progress running';
+    line.innerHTML = '<span>Sending the photos…</span>';
+  }
+}"""
+RUN_DONE_JS = r"""() => {
+  const line = document.querySelector('#progress .tryon-progress.done span');
+  if (!line || window.tryonPressed === undefined) return;
+  const seconds = ((performance.now() - window.tryonPressed) / 1000).toFixed(1);
+  line.textContent = line.textContent.replace(/ in [0-9.]+ s\./, ` in ${seconds} s.`);
+  window.tryonPressed = undefined;
 }"""
 REUSED = ("garment_type", "steps", "guidance", "random_seed", "seed", "size", "mask_blur", "mask_grow", "longer",
           "keep_photo", "draft")
@@ -132,7 +174,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
             except USER_ERRORS as exc:
                 gr.Warning(str(exc))  # a notice, not an error state: the chain goes on and restores the button
                 return NOTHING
-        return photo, mask_layer(shown)
+        return None, mask_layer(shown)  # the editor has the photo: the new layer alone
 
     def on_tools(session: Session, editor, garment_type, grow, longer):
         """Grow, Longer or the garment type changed (however entered): redraw the automatic part at once,
@@ -144,6 +186,16 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         if session.shown_auto is None:
             return NOTHING
         return on_auto(session, editor, garment_type, grow, longer)
+
+    def upload_checker(role: str):
+        """A garment or batch upload that is not an image we can read: one sentence in the progress line, and
+        the input cleared (no toast, no error badges; Gradio never tries to decode it: preprocess=False)."""
+        def check(value):
+            problem = unreadable_upload(value, role, settings.max_upload_mb)
+            if problem is None:
+                return gr.skip(), progress_html(None, "")
+            return None, progress_html(None, problem, "error")
+        return check
 
     # -- a run ----------------------------------------------------------------------------------
 
@@ -209,10 +261,13 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         image = saved_image(first)
         session.last_seed = first.metadata["seed"]
         elapsed = time.perf_counter() - started
-        strip = [(saved_image(r), seed_caption(r.metadata)) for r in results] if len(results) > 1 else []
+        labels = run.labels or [""] * len(results)  # which person and garment each result is, then its seed
+        strip = [(thumbnail(r, 512), " · ".join(filter(None, [label, seed_caption(r.metadata)])))
+                 for r, label in zip(results, labels, strict=False)] if len(results) > 1 else []
         kind = "draft try-on" if run.options.draft else "try-on"
         note = f"Done: {len(results)} {kind}{'s' if len(results) > 1 else ''} in {elapsed:.1f} s."
-        shown = gr.update(value=image, label="Result: draft (fast preview)" if run.options.draft else "Result")
+        shown = gr.update(value=page_copy(first, result.GRADIO_CACHE),
+                          label="Result: draft (fast preview)" if run.options.draft else "Result")
         before_after = compare_pair(run.first_person, image, first.metadata.get("region"))
         return (progress_html(1.0, note, "done"), *buttons(False), shown, before_after,
                 inputs_strip(run.first_person, run.first_mask, run.items[0].garment, image),
@@ -294,6 +349,9 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
 
         into_editor(person_examples.select(load_person, session, to_editor, **quiet))
         garment_examples.select(load_garment, None, [garment, garment_type], **quiet)
+        for upload, role in ((garment, "garment"), (extra_garments, "extra garment"),
+                             (extra_persons, "extra person")):
+            upload.upload(upload_checker(role), upload, [upload, progress], preprocess=False, **quiet)
         tool_inputs = [session, person, garment_type, grow, longer]
         masking = auto.click(lambda: gr.update(value="Masking…", interactive=False), None, auto, queue=False,
                              **quiet).then(on_auto, tool_inputs, to_editor, **quiet)
@@ -308,8 +366,10 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         run_inputs = [session, person, garment, garment_type, steps, guidance, random_seed, seed, size, mask_blur,
                       grow, longer, keep_photo, variations, extra_persons, extra_garments, draft]
         run_outputs = [progress, run, stop, result, compare, inputs_view, strip, run_summary, seed]
-        running = run.click(try_on, run_inputs, run_outputs, concurrency_id="studio-run",
-                            concurrency_limit=settings.queue_max + 1, **quiet)
+        running = run.click(None, None, None, js=RUN_PRESSED_JS, **quiet).then(
+            try_on, run_inputs, run_outputs, concurrency_id="studio-run", concurrency_limit=settings.queue_max + 1,
+            **quiet)
+        running.then(None, None, None, js=RUN_DONE_JS, **quiet)
         # No polling timer for the status line: it refreshes on load and after each run.
         running.then(lambda: (*buttons(False), status_text(service)), None, [run, stop, status], **quiet) \
             .then(first_page, None, page_outputs, **quiet)
@@ -318,6 +378,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
 
         demo.load(first_page, None, page_outputs, **quiet).then(lambda: status_text(service), None, status, **quiet)
         demo.load(signed_in_line, None, who, **quiet)
+        demo.load(None, None, None, js=PERSON_CHECK_JS, **quiet)
         newer.click(newer_page, page, page_outputs, **quiet)
         older.click(older_page, page, page_outputs, **quiet)
         gallery.select(show_selected, [session, ids], [selected, selected_summary, selected_meta, selected_row],

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import html
 import queue
+import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from PIL import Image, ImageOps
 
@@ -25,6 +28,7 @@ from app.outputs import SavedResult
 from app.service import BatchItem, BusyError, TryOnOptions, TryOnService
 
 MAX_VARIATIONS = 8
+DISPLAY_SIDE = 1600  # px: the long side of the Compare and Inputs views
 USER_ERRORS = (TryOnInputError, BusyError, ModelLoadError)
 
 
@@ -86,6 +90,7 @@ class RunRequest:
     options: TryOnOptions
     first_person: Image.Image
     first_mask: Image.Image  # the mask of the first person: painted, or the parser's with the tools applied
+    labels: list[str] | None = None  # per item, which person and garment it is ("" when there is one of each)
 
 
 def person_and_mask(session: Session, editor: dict | None) -> tuple[Image.Image, Image.Image | None]:
@@ -119,6 +124,26 @@ def read_uploads(files: list | None, role: str, limit_mb: float) -> list[Image.I
             raise TryOnInputError(f"{role} {number} is over {limit_mb:g} MB: use a smaller file.")
         images.append(flatten(decode_image(data, f"{role} {number}")))
     return images
+
+
+def unreadable_upload(value, role: str, limit_mb: float) -> str | None:
+    """For an upload taken raw (a file dict, or a list of them): the sentence for the first file that is
+    not an image we can read, or None when all are. The page shows it in the progress line."""
+    files = [f for f in (value if isinstance(value, list) else [value]) if isinstance(f, dict)]
+    for file in files:
+        name = str(file.get("orig_name") or Path(str(file.get("path") or "")).name or "that file")
+        try:
+            with open(str(file.get("path")), "rb") as handle:
+                data = handle.read(int(limit_mb * 1_000_000) + 1)
+            if len(data) > limit_mb * 1_000_000:
+                return f"{name} is over {limit_mb:g} MB: use a smaller {role} photo."
+            decode_image(data, name)
+        except TryOnInputError:
+            return (f"That file is not an image we can read: {name} (as the {role}). Use a PNG, JPEG or WebP "
+                    "photo.")
+        except OSError:
+            return f"{name} could not be read on the server: upload it again."
+    return None
 
 
 def seeds_for(random_seed: bool, seed: int, variations: int) -> list[int]:
@@ -164,9 +189,14 @@ def build_request(service: TryOnService, session: Session, editor, garment, extr
     persons += [(extra, "auto") for extra in extra_people]
     garments = [flatten(garment)] + extra_clothes  # as the model gets it: the Inputs view shows the same
     seeds = seeds_for(random_seed, options.seed, variations)
-    items = [BatchItem(photo, clothes, item_mask, seed=seed)
-             for photo, item_mask in persons for clothes in garments for seed in seeds]
-    return RunRequest(items, options, person, mask)
+    items, labels = [], []
+    for p_number, (photo, item_mask) in enumerate(persons, 1):
+        for g_number, clothes in enumerate(garments, 1):
+            for seed in seeds:
+                items.append(BatchItem(photo, clothes, item_mask, seed=seed))
+                labels.append(" · ".join(([f"person {p_number}"] if len(persons) > 1 else [])
+                                         + ([f"garment {g_number}"] if len(garments) > 1 else [])))
+    return RunRequest(items, options, person, mask, labels)
 
 
 def progress_html(fraction: float | None, text: str, state: str = "running") -> str:
@@ -203,8 +233,9 @@ def describe(service: TryOnService, done: int, total: int, clock: StepClock, sta
         if state in ("unloaded", "loading"):
             return f"Loading the model… {elapsed:.0f} s (the first run after a start takes longer)"
         queue_state = service.queue_state()
-        if queue_state["running"]:
-            return f"Waiting for the GPU ({queue_state['waiting']} waiting) · {elapsed:.0f} s"
+        if queue_state["running"] and queue_state["waiting"]:  # this run among those waiting: another runs
+            queued = queue_state["waiting"]
+            return f"Waiting for the GPU: another try-on is running, {queued} queued · {elapsed:.0f} s"
         return f"Starting… {elapsed:.0f} s"
     left = clock.seconds_left(done, total)
     eta = f" · about {left:.0f} s left" if left is not None else ""
@@ -244,17 +275,18 @@ def run_in_thread(service: TryOnService, session: Session, request: RunRequest, 
 
 def compare_pair(person: Image.Image, result: Image.Image,
                  region: list | None = None) -> tuple[Image.Image, Image.Image]:
-    """Before and after at the same size: the photo as the result frames it (the model's ``region`` of it,
-    when the result is the model's own frame rather than the whole photo)."""
+    """Before and after at the same size, at most DISPLAY_SIDE px (a view, not the file): the photo as the
+    result frames it (the model's ``region`` of it, when the result is the model's own frame)."""
     before = person.convert("RGB")
     if before.size != result.size:
         before = crop_padded(before, tuple(region)) if region else before
         before = resize_and_crop(before, result.size)
-    return before, result
+    return for_display(before), for_display(result)
 
 
 def inputs_strip(person: Image.Image, mask: Image.Image, garment: Image.Image, result: Image.Image) -> Image.Image:
     """Person, mask, garment and result side by side: what went into the model and what came out."""
+    result = for_display(result.convert("RGB"))
     height = result.height
     tiles = [ImageOps.contain(image.convert("RGB"), (result.width, height))
              for image in (person, mask, garment)] + [result]
@@ -264,6 +296,23 @@ def inputs_strip(person: Image.Image, mask: Image.Image, garment: Image.Image, r
         canvas.paste(tile, (x, (height - tile.height) // 2))
         x += tile.width + 8
     return canvas
+
+
+def for_display(image: Image.Image) -> Image.Image:
+    """A view of ``image`` within DISPLAY_SIDE px: a camera photo's views encode in a fraction of the time."""
+    if max(image.size) <= DISPLAY_SIDE:
+        return image
+    return ImageOps.contain(image, (DISPLAY_SIDE, DISPLAY_SIDE), Image.LANCZOS)
+
+
+def page_copy(result: SavedResult, cache_dir: str | Path) -> str:
+    """The saved PNG itself, copied into Gradio's cache for the page: the file the user downloads is the
+    one on the volume, and a large image is not encoded a second time (4 s for a 6-megapixel photo)."""
+    folder = Path(cache_dir) / f"result-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / result.image_path.name
+    shutil.copyfile(result.image_path, target)
+    return str(target)
 
 
 def saved_image(result: SavedResult) -> Image.Image:

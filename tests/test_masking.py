@@ -223,3 +223,34 @@ def test_paste_back_into_a_region_that_runs_past_the_photo():
     assert out.shape == (200, 300, 3)
     assert (out[20:181, 0:41] == (0, 255, 0)).all()  # every masked pixel, edge included, is the result
     assert (out[:, 80:] == 10).all()  # beyond the feather nothing changed
+
+
+def test_fill_holes_matches_a_flood_fill_from_the_border():
+    """The run-based fill against PIL's pixel-by-pixel flood fill, on random blobs and a spiral corridor
+    (the outside must turn many corners to reach its end)."""
+    from PIL import ImageDraw as Draw
+
+    def flood_reference(mask: Image.Image) -> np.ndarray:
+        padded = Image.fromarray(np.pad(white(mask).astype(np.uint8) * 255, 1), "L").copy()  # writable
+        Draw.floodfill(padded, (0, 0), 128)
+        return np.asarray(padded)[1:-1, 1:-1] != 128
+
+    rng = np.random.default_rng(3)
+    shapes = []
+    for _ in range(6):
+        blob = Image.new("L", (90, 70), 0)
+        draw = Draw.Draw(blob)
+        for _ in range(12):
+            x, y = rng.integers(0, 90), rng.integers(0, 70)
+            draw.ellipse((x, y, x + rng.integers(5, 30), y + rng.integers(5, 30)), outline=255,
+                         width=int(rng.integers(1, 4)))
+        shapes.append(blob)
+    spiral = Image.new("L", (101, 101), 0)
+    draw = Draw.Draw(spiral)
+    for i in range(0, 50, 6):  # nested squares, each with a gap on alternating sides: a long winding way in
+        draw.rectangle((i, i, 100 - i, 100 - i), outline=255, width=2)
+        gap = (i + 1, 50, i + 2, 52) if (i // 6) % 2 else (99 - i, 48, 100 - i, 50)
+        draw.rectangle(gap, fill=0)
+    shapes.append(spiral)
+    for shape in shapes:
+        assert np.array_equal(white(fill_holes(shape)), flood_reference(shape))

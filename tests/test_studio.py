@@ -413,6 +413,42 @@ def test_an_error_shows_once_and_marks_no_other_panel(page, studio):
     page.wait_for_function("() => !document.querySelector('#run').disabled", timeout=10_000)
 
 
+def test_a_file_that_is_not_an_image_gets_one_sentence_in_the_progress_line(page, studio, tmp_path):
+    """As the garment, a batch file or the person: one sentence where progress shows, no toast, no error
+    badges, nothing of Gradio's internals; the input is cleared and a real photo then runs."""
+    bad = tmp_path / "not-an-image.png"
+    bad.write_text("these are not the bytes of a picture\n" * 20)
+    no_noise = ("Gradio", "preprocess", "UnidentifiedImageError", "/tmp")
+
+    def said(role: str) -> str:
+        page.wait_for_function("(role) => document.querySelector('#progress').innerText.includes(`as the ${role}`)",
+                               arg=role, timeout=30_000)
+        text = page.locator("#progress").inner_text()
+        assert text.startswith("That file is not an image we can read: not-an-image.png"), text
+        assert not any(word in text for word in no_noise), text
+        assert page.locator("#progress .tryon-progress.error").count() == 1
+        assert page.locator(".toast-body").count() == 0
+        for elem in ("#gallery", "#result", "#summary", "#person", "#garment", "#extra-garments"):
+            assert page.locator(f"{elem} .error").count() == 0, elem
+        return text
+
+    put_photo(page, PERSON)
+    page.locator("#garment input[type=file]").first.set_input_files(str(bad))
+    said("garment")
+    page.wait_for_function("() => !document.querySelector('#garment img')", timeout=10_000)  # cleared
+    page.get_by_text("Batch", exact=True).click()
+    page.locator("#extra-garments input[type=file]").set_input_files([str(bad)])
+    said("extra garment")
+    page.locator("#person input[type=file]").first.set_input_files(str(bad))
+    said("person")
+    put_photo(page, PERSON)  # a real photo after the bad one
+    page.locator("#garment input[type=file]").first.set_input_files(str(GARMENT))
+    page.wait_for_selector("#garment img", timeout=30_000)
+    page.wait_for_timeout(1200)
+    stroke(page)
+    run_and_wait(page, studio["volume"])
+
+
 # -- defect 5: auto mask keeps the photo on screen ------------------------------------------------
 
 def test_auto_mask_keeps_the_photo_visible(page, studio):
@@ -454,6 +490,8 @@ def test_batch_of_garments_with_compare_and_reuse(page, studio):
     assert len(set(garments)) == 3 and garments[0] == garments[1]  # three garments, two seeds each
     assert made[0]["seed"] != made[1]["seed"]  # a variation is another seed of the same input
     assert page.locator("#strip .thumbnail-item").count() == 6
+    captions = page.locator("#strip .caption-label").all_inner_texts()
+    assert captions[0].startswith("garment 1 · seed") and captions[2].startswith("garment 2 · seed"), captions
     page.wait_for_timeout(500)
     shoot(page, "studio-1440-after-batch.png")
     page.get_by_role("tab", name="Compare").click()

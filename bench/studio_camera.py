@@ -1,0 +1,99 @@
+"""A camera-size photo in the studio against a phone-size one, in a real browser, on the tiny models.
+
+Usage: python bench/studio_camera.py [--runs 2]
+
+Launches ``python -m app serve --tiny`` and drives Debian's Chromium through Playwright as a designer does:
+upload the person photo (600x900, then 3000x2000, both made from the example with camera-like noise),
+press Auto mask, pick a garment, press Run. Per photo and run it prints the seconds from the press to
+the mask being back (auto mask), to the page's first progress line from the server (first progress;
+the page itself says "Sending the photos…" at once), and to the result on screen (result). With the
+tiny models the model's own time is small: what is measured is everything around it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tests.test_e2e import CHROMIUM, CHROMIUM_FLAGS, launch_server  # noqa: E402
+from tests.test_studio import GARMENT, PERSON, press_auto_mask, put_photo  # noqa: E402
+
+SIZES = ((600, 900), (3000, 2000))
+
+
+def camera_photo(size: tuple[int, int], folder: Path) -> Path:
+    """The example person scaled to ``size`` with sensor-like noise (a smooth upscale compresses unrealistically)."""
+    with Image.open(PERSON) as person:
+        photo = person.convert("RGB").resize(size, Image.BICUBIC)
+    noisy = np.asarray(photo).astype(np.int16) + np.random.default_rng(0).normal(0, 3, (size[1], size[0], 3))
+    path = folder / f"person-{size[0]}x{size[1]}.jpg"
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=92)
+    return path
+
+
+def one_run(page, photo: Path) -> dict:
+    put_photo(page, photo)
+    page.locator("#garment input[type=file]").first.set_input_files(str(GARMENT))
+    page.wait_for_selector("#garment img", timeout=30_000)
+    page.wait_for_timeout(1000)
+    auto = press_auto_mask(page)
+    page.evaluate("() => { window.firstLine = null; const seen = () => { const t = document.querySelector("
+                  "'#progress')?.innerText || ''; if (!window.firstLine && /Checking|Step|Starting|Waiting|Loading/"
+                  ".test(t)) window.firstLine = performance.now(); }; new MutationObserver(seen).observe("
+                  "document.querySelector('#progress'), {subtree: true, childList: true, characterData: true}); }")
+    pressed = page.evaluate("() => performance.now()")
+    page.locator("#run").click()
+    page.wait_for_function("() => /Done|Not run|failed/.test(document.querySelector('#progress')?.innerText)",
+                           timeout=600_000, polling=50)
+    page.wait_for_function("() => document.querySelector('#result img')?.complete", timeout=120_000, polling=50)
+    shown = page.evaluate("() => performance.now()")
+    first = page.evaluate("() => window.firstLine")
+    line = page.locator("#progress").inner_text()
+    return {"auto_mask_s": round(auto, 2), "first_progress_s": round((first - pressed) / 1000, 2) if first else None,
+            "result_s": round((shown - pressed) / 1000, 2), "line": line.strip()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    from app.config import Settings
+    from app.tiny_models import ensure_tiny_models
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        volume = folder / "volume"
+        ensure_tiny_models(Settings.from_env({}, volume=str(volume), tiny_models=True))
+        photos = {size: camera_photo(size, folder) for size in SIZES}
+        figures = {}
+        with launch_server(volume, TRYON_STEPS="3") as server, sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            for run in range(args.runs):
+                for size, photo in photos.items():
+                    context = browser.new_context(viewport={"width": 1440, "height": 900})
+                    page = context.new_page()
+                    page.goto(server["url"] + "/")
+                    page.wait_for_selector("#run")
+                    started = time.monotonic()
+                    figures.setdefault(f"{size[0]}x{size[1]}", []).append(one_run(page, photo))
+                    print(f"run {run + 1} {size[0]}x{size[1]}: {figures[f'{size[0]}x{size[1]}'][-1]} "
+                          f"({time.monotonic() - started:.0f} s in all)", flush=True)
+                    context.close()
+            browser.close()
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
