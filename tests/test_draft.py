@@ -54,10 +54,16 @@ def test_a_rest_draft_is_the_pipeline_with_fewer_guided_steps_and_says_so(client
     assert (answer["draft"], answer["steps_run"], answer["guidance_steps"], answer["seed"]) == (True, 20, 10, SEED)
     assert (full.json()["draft"], full.json()["steps_run"], full.json()["guidance_steps"]) == (False, 50, None)
 
-    # The same call made directly, on a pipeline loaded as the engine loads it.
+    # The same call made directly, on a pipeline loaded as the engine loads it, on the region the model saw.
+    from app.imaging import crop_padded
+    from app.service import mask_region
+
+    region = mask_region(images["person"].size, images["mask"], (64, 96))
+    assert sidecar(volume_copy, answer)["region"] == list(region)
+    person, mask = crop_padded(images["person"], region), crop_padded(images["mask"], region, fill="black")
     engine = Engine(make_settings(volume_copy))
     try:
-        inputs = {"person": images["person"], "garment": images["garment"], "mask": images["mask"], "guidance": 2.5,
+        inputs = {"person": person, "garment": images["garment"], "mask": mask, "guidance": 2.5,
                   "seed": SEED, "width": 64, "height": 96, "steps": DRAFT_STEPS}
         direct = engine.get()(**inputs, guidance_steps=DRAFT_STEPS // 2)
         all_guided = engine.get()(**inputs)

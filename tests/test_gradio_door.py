@@ -250,7 +250,7 @@ def test_a_borrowed_session_hash_reaches_nothing_of_the_owners(door):
         hers = join(alice, auto["id"], data, shared_hash)
         her_messages = messages(alice, shared_hash, {hers.json()["event_id"]})
         mask = next(m for m in her_messages if m.get("msg") == "process_completed")["output"]["data"]
-        assert mask[0] is not None and mask[1] is not None
+        assert mask[0] is None and mask[1] is not None  # her mask layer (the editor keeps its photo)
         # Her files and her events are not Bob's, even with the ids in hand.
         assert bob.get(f"/gradio_api/file={photo['path']}").status_code == 404
         assert alice.get(f"/gradio_api/file={photo['path']}").status_code == 200
