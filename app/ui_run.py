@@ -117,13 +117,18 @@ def read_uploads(files: list | None, role: str, limit_mb: float) -> list[Image.I
     """Images from a multiple-file input, each through the same intake as REST (size limit, EXIF)."""
     images = []
     for number, file in enumerate(files or [], 1):
-        path = getattr(file, "name", file)
-        with open(path, "rb") as handle:
-            data = handle.read(int(limit_mb * 1_000_000) + 1)
-        if len(data) > limit_mb * 1_000_000:
+        data = upload_bytes(getattr(file, "name", file), limit_mb)
+        if data is None:
             raise TryOnInputError(f"{role} {number} is over {limit_mb:g} MB: use a smaller file.")
         images.append(flatten(decode_image(data, f"{role} {number}")))
     return images
+
+
+def upload_bytes(path: str, limit_mb: float) -> bytes | None:
+    """An uploaded file's bytes, or None when it is over ``limit_mb`` (read no further than the limit)."""
+    with open(path, "rb") as handle:
+        data = handle.read(int(limit_mb * 1_000_000) + 1)
+    return None if len(data) > limit_mb * 1_000_000 else data
 
 
 def unreadable_upload(value, role: str, limit_mb: float) -> str | None:
@@ -133,9 +138,8 @@ def unreadable_upload(value, role: str, limit_mb: float) -> str | None:
     for file in files:
         name = str(file.get("orig_name") or Path(str(file.get("path") or "")).name or "that file")
         try:
-            with open(str(file.get("path")), "rb") as handle:
-                data = handle.read(int(limit_mb * 1_000_000) + 1)
-            if len(data) > limit_mb * 1_000_000:
+            data = upload_bytes(str(file.get("path")), limit_mb)
+            if data is None:
                 return f"{name} is over {limit_mb:g} MB: use a smaller {role} photo."
             decode_image(data, name)
         except TryOnInputError:
