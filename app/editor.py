@@ -22,6 +22,11 @@ from PIL import Image
 MASK_COLOR = (255, 43, 214)  # the brush colour: a magenta that clothes rarely have
 MASK_HEX = "#{:02x}{:02x}{:02x}".format(*MASK_COLOR)
 CANVAS_SIZE = (64, 64)  # the editor's initial canvas; kept small so it never widens the container bounds
+# px: the long side of the copy of a larger photo that the editor holds. The editor encodes its photo as PNG
+# for every event that reads it (Auto mask, each redraw, Run): a camera photo (6 megapixels) costs seconds
+# each time, a copy at this size a fraction. The original is held on the server and is what runs; a mask
+# drawn on the copy is scaled up to it. The parser works at 1024 px, so the copy loses no automatic detail.
+EDITOR_SIDE = 1280
 
 
 def photo_digest(image: Image.Image) -> str:
@@ -30,6 +35,42 @@ def photo_digest(image: Image.Image) -> str:
     digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
     digest.update(rgb.tobytes())
     return digest.hexdigest()
+
+
+def view_size(photo_size: tuple[int, int]) -> tuple[int, int]:
+    """The size the editor shows a photo at: its own up to EDITOR_SIDE, else scaled down to it (as the page
+    scales it: the long side EDITOR_SIDE, the other rounded)."""
+    width, height = photo_size
+    if max(width, height) <= EDITOR_SIDE:
+        return width, height
+    scale = EDITOR_SIDE / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def shown_copy(photo: Image.Image) -> Image.Image:
+    """What the editor gets for ``photo``: the photo itself, or its copy at ``view_size``."""
+    size = view_size(photo.size)
+    return photo if size == photo.size else photo.resize(size, Image.LANCZOS)
+
+
+def is_copy_of(original: Image.Image, shown: Image.Image) -> bool:
+    """Whether ``shown`` (as the editor sends it) is ``original`` scaled down: the same proportions and,
+    scaled to the same size, the same picture (resampling differs by a few levels, another photo by tens)."""
+    if shown.width >= original.width or shown.height >= original.height:
+        return False
+    if abs(original.width * shown.height - original.height * shown.width) > max(original.size):
+        return False  # other proportions (over one pixel of rounding on the copy's short side)
+    small = np.asarray(original.convert("RGB").resize(shown.size, Image.BOX), dtype=np.int16)
+    return float(np.abs(small - np.asarray(shown.convert("RGB"), dtype=np.int16)).mean()) < 6.0
+
+
+def scaled_mask(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A white-on-black mask at another size, still binary: the editor's mask on the photo that runs (or the
+    photo's automatic mask on the editor's copy). Smooth edges, not blocks: resampled, then cut at half."""
+    mask = mask.convert("L")
+    if mask.size == size:
+        return mask
+    return mask.resize(size, Image.BILINEAR).point(lambda v: 255 if v >= 128 else 0)
 
 
 def layer_size(photo_size: tuple[int, int]) -> tuple[int, int]:

@@ -17,11 +17,12 @@ from PIL import Image
 
 from app.access import Access
 from app.config import Settings
-from app.editor import mask_layer
-from app.errors import GenerationCancelled
+from app.editor import EDITOR_SIDE, mask_layer
+from app.errors import GenerationCancelled, TryOnInputError
 from app.examples import example_garments, example_people
 from app.gradio_door import Streams
 from app.guard import request_owner
+from app.imaging import decode_image, flatten
 from app.outputs import public_metadata
 from app.service import SIZES, TryOnOptions, TryOnService
 from app.ui_api import add_api_endpoints
@@ -42,6 +43,7 @@ from app.ui_run import (
     run_in_thread,
     saved_image,
     unreadable_upload,
+    upload_bytes,
 )
 
 log = logging.getLogger(__name__)
@@ -62,28 +64,71 @@ EDITOR_LOAD_JS = """async (photo, layer) => {
   const brush = document.querySelector('#person button[aria-label="Brush"]');
   if (brush) brush.click(); else editor.set_tool('draw');  // the button also tells the editor's toolbar
 }"""
-# The editor drops a file the browser cannot draw without a word: say so in the progress line instead.
-PERSON_CHECK_JS = """() => {
+# The person photo, checked and scaled in the page before the editor takes it. A file the browser cannot
+# draw (the editor would drop it without a word) or over the upload limit gets one sentence in the progress
+# line. A photo larger than EDITOR_SIDE px goes to the editor as a copy at that size (the editor encodes its
+# photo for every event that reads it: seconds for a camera photo), and as it is to the server through a
+# hidden upload: that original is what runs. Auto mask and Run wait for it (window.tryonOriginal).
+# Colours are taken as stored (no colour-profile conversion), as the server reads them.
+PERSON_INTAKE_JS = """() => {
+  const SIDE = %(side)d, LIMIT_MB = %(limit_mb)s;
+  window.tryonOriginal = Promise.resolve();
+  const say = (text) => {
+    const line = document.querySelector('#progress .tryon-progress');
+    if (!line) return;
+    line.className = 'tryon-progress error';
+    line.innerHTML = '';
+    const span = document.createElement('span');
+    span.textContent = text;
+    line.appendChild(span);
+  };
+  const hand = (input, file, ours) => {  // the input gets this file, as if it had been chosen
+    const files = new DataTransfer();
+    files.items.add(file);
+    input.files = files.files;
+    if (ours) input.dataset.tryonChecked = '1';
+    input.dispatchEvent(new Event('change', {bubbles: true}));
+  };
   document.addEventListener('change', async (event) => {
     const input = event.target;
     if (!(input instanceof HTMLInputElement) || input.type !== 'file' || !input.closest('#person')) return;
+    if (input.dataset.tryonChecked) { delete input.dataset.tryonChecked; return; }  // ours, checked
     const file = input.files && input.files[0];
     if (!file) return;
-    try { (await createImageBitmap(file)).close(); } catch (error) {
-      const line = document.querySelector('#progress .tryon-progress');
-      if (!line) return;
-      line.className = 'tryon-progress error';
-      line.innerHTML = '';
-      const text = document.createElement('span');
-      text.textContent = `That file is not an image we can read: ${file.name} (as the person). ` +
-        'Use a PNG, JPEG or WebP photo.';
-      line.appendChild(text);
+    event.stopImmediatePropagation();  // the editor gets the file below, once checked
+    if (file.size > LIMIT_MB * 1e6) {
+      say(`${file.name} is over ${LIMIT_MB} MB: use a smaller person photo.`);
+      return;
     }
+    let bitmap;
+    try { bitmap = await createImageBitmap(file, {colorSpaceConversion: 'none'}); } catch (error) {
+      say(`That file is not an image we can read: ${file.name} (as the person). Use a PNG, JPEG or WebP photo.`);
+      return;
+    }
+    const long = Math.max(bitmap.width, bitmap.height);
+    if (long <= SIDE) { bitmap.close(); hand(input, file, true); return; }
+    const canvas = document.createElement('canvas');
+    canvas.width = Math.max(1, Math.round(bitmap.width * SIDE / long));
+    canvas.height = Math.max(1, Math.round(bitmap.height * SIDE / long));
+    const context = canvas.getContext('2d');
+    context.imageSmoothingQuality = 'high';
+    context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    bitmap.close();
+    const copy = await new Promise((done) => canvas.toBlob(done, 'image/png'));
+    const hidden = document.querySelector('#person-original input[type=file]');
+    if (hidden) {
+      window.tryonOriginal = new Promise((done) => { window.tryonOriginalArrived = done; });
+      hand(hidden, file, false);
+    }
+    hand(input, new File([copy], file.name.replace(/[.][^.]*$/, '') + '.png', {type: 'image/png'}), true);
   }, true);
 }"""
+# Before Auto mask reads the editor: a camera photo's original has reached the server.
+ORIGINAL_WAIT_JS = "async () => { await window.tryonOriginal; }"
+ORIGINAL_ARRIVED_JS = "() => { if (window.tryonOriginalArrived) window.tryonOriginalArrived(); }"
 # Run pressed: the page says so and disables Run at once, before the photos travel (a camera photo's
 # upload and decoding take seconds), and remembers the moment; the done line then counts from it.
-RUN_PRESSED_JS = """() => {
+RUN_PRESSED_JS = """async () => {
   window.tryonPressed = performance.now();
   const run = document.querySelector('#run');
   if (run) { run.disabled = true; run.textContent = 'Running…'; }
@@ -92,6 +137,7 @@ RUN_PRESSED_JS = """() => {
     line.className = 'tryon-progress running';
     line.innerHTML = '<span>Sending the photos…</span>';
   }
+  await window.tryonOriginal;  // a camera photo's original is on the server: it is what runs
 }"""
 RUN_DONE_JS = r"""() => {
   const line = document.querySelector('#progress .tryon-progress.done span');
@@ -156,9 +202,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         example = example_at(people, event)
         with Image.open(example.path) as image:
             photo = image.convert("RGB")
-        session.set_photo(photo)
-        session.forget_mask()  # the editor gets the photo with an empty mask layer
-        return photo, None
+        return session.show(photo), None  # the photo (or its copy) with an empty mask layer
 
     def load_garment(event: gr.SelectData):
         example = example_at(garments, event)
@@ -186,6 +230,23 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         if session.shown_auto is None:
             return NOTHING
         return on_auto(session, editor, garment_type, grow, longer)
+
+    def on_original(session: Session, value):
+        """The full-size photo the page sent next to the smaller copy it loaded into the editor: it runs.
+        Taken raw (preprocess=False) and read through the same intake as REST (size limit, EXIF)."""
+        path = value.get("path") if isinstance(value, dict) else None
+        try:
+            data = upload_bytes(str(path), settings.max_upload_mb) if path else None
+            if data is None:
+                raise TryOnInputError(f"the photo is over {settings.max_upload_mb:g} MB")
+            original = flatten(decode_image(data, "person"))
+        except (TryOnInputError, OSError) as exc:
+            text = (f"The full-size person photo could not be used ({exc}); the editor's copy (at most "
+                    f"{EDITOR_SIDE} px) will run instead.")
+            return None, progress_html(None, text, "error")
+        with session.masking:
+            session.take_original(original)
+        return None, gr.skip()  # the hidden input is emptied for the next photo
 
     def upload_checker(role: str):
         """A garment or batch upload that is not an image we can read: one sentence in the progress line, and
@@ -323,7 +384,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
             status = gr.Markdown(status_text(service), elem_id="status")
             who = gr.HTML("", elem_id="who")
         with gr.Row(equal_height=False):
-            person, auto, garment_type, grow, longer, mask_blur = editor_panel(defaults)
+            person, original, auto, garment_type, grow, longer, mask_blur = editor_panel(defaults)
             (garment, person_examples, garment_examples, extra_garments, extra_persons,
              variations) = garment_panel(people, garments)
             (run, stop, draft, progress, result, compare, inputs_view, strip, run_summary, steps, guidance,
@@ -352,9 +413,12 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         for upload, role in ((garment, "garment"), (extra_garments, "extra garment"),
                              (extra_persons, "extra person")):
             upload.upload(upload_checker(role), upload, [upload, progress], preprocess=False, **quiet)
+        original.upload(on_original, [session, original], [original, progress], preprocess=False, **quiet) \
+            .then(None, None, None, js=ORIGINAL_ARRIVED_JS, **quiet)
         tool_inputs = [session, person, garment_type, grow, longer]
         masking = auto.click(lambda: gr.update(value="Masking…", interactive=False), None, auto, queue=False,
-                             **quiet).then(on_auto, tool_inputs, to_editor, **quiet)
+                             **quiet).then(None, None, None, js=ORIGINAL_WAIT_JS, **quiet) \
+            .then(on_auto, tool_inputs, to_editor, **quiet)
         into_editor(masking).then(lambda: gr.update(value="Auto mask", interactive=True), None, auto, queue=False,
                                   **quiet)
         # Every way a tool value arrives (slider, its box and Enter, Use these settings, an example garment's
@@ -378,7 +442,8 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
 
         demo.load(first_page, None, page_outputs, **quiet).then(lambda: status_text(service), None, status, **quiet)
         demo.load(signed_in_line, None, who, **quiet)
-        demo.load(None, None, None, js=PERSON_CHECK_JS, **quiet)
+        demo.load(None, None, None, js=PERSON_INTAKE_JS % {"side": EDITOR_SIDE, "limit_mb": f"{settings.max_upload_mb:g}"},
+                  **quiet)
         newer.click(newer_page, page, page_outputs, **quiet)
         older.click(older_page, page, page_outputs, **quiet)
         gallery.select(show_selected, [session, ids], [selected, selected_summary, selected_meta, selected_row],

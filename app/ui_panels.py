@@ -19,11 +19,13 @@ STUDIO_CSS = """
 #person, #person .image-container { max-width: 100% }
 #examples-person .grid-wrap, #examples-garment .grid-wrap { overflow-y: auto }
 .hint p { font-size: 0.85em; opacity: 0.8; margin: 2px 0 }
+.tryon-offstage { display: none !important }
 """
 
 
 def editor_panel(defaults: TryOnOptions):
-    """The person editor and its mask controls: (person, auto, garment_type, grow, longer, mask_blur)."""
+    """The person editor and its mask controls: (person, original, auto, garment_type, grow, longer,
+    mask_blur)."""
     with gr.Column(scale=5, min_width=320):
         person = gr.ImageEditor(
             label="Person", type="pil", format="png", elem_id="person", height=560,
@@ -31,6 +33,9 @@ def editor_panel(defaults: TryOnOptions):
             brush=gr.Brush(colors=[MASK_HEX], color_mode="fixed", default_size=28),
             eraser=gr.Eraser(default_size=28),
             placeholder="Upload a person photo, then paint the clothes to replace (or press Auto mask)")
+        # The full-size person photo when the editor holds a smaller copy (the page fills it in: app.ui)
+        original = gr.File(file_types=["image"], elem_id="person-original", elem_classes="tryon-offstage",
+                           show_label=False, container=False)
         gr.Markdown("Paint over the clothes to replace, or press **Auto mask**; the brush adds, the "
                     "eraser removes. What you see is the mask the model gets.", elem_classes="hint")
         with gr.Row():
@@ -45,7 +50,7 @@ def editor_panel(defaults: TryOnOptions):
                                  info="Extends the automatic mask down by 15 % of the height")
             mask_blur = gr.Slider(0, 30, value=defaults.mask_blur, step=1, label="Edge blur (px)",
                                   info="Softens the mask's edge before the try-on")
-    return person, auto, garment_type, grow, longer, mask_blur
+    return person, original, auto, garment_type, grow, longer, mask_blur
 
 
 def garment_panel(people: list[ExampleImage], garments: list[ExampleImage]):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from app.editor import MaskEdits, painted_mask, photo_digest
+from app.editor import MaskEdits, is_copy_of, painted_mask, photo_digest, scaled_mask, shown_copy
 from app.errors import GenerationCancelled, ModelLoadError, TryOnInputError
 from app.imaging import crop_padded, decode_image, flatten, resize_and_crop
 from app.masking import apply_tools
@@ -35,15 +35,20 @@ USER_ERRORS = (TryOnInputError, BusyError, ModelLoadError)
 class Session:
     """One browser session's studio state, held server-side in ``gr.State`` (never sent to the page).
 
-    ``photo`` is the person photo in the editor; ``auto_masks`` caches the parser's masks for it by
-    garment type. When an automatic mask is drawn, ``shown_auto`` is its automatic part (tools applied,
-    made with ``shown_tools``: garment type, grow, longer), ``edits`` the user's strokes and erasures on
-    it, and ``shown`` the mask last drawn in the editor (the two composed).
+    ``photo`` is the person photo that runs; the editor shows it at ``view`` size (the photo itself, or a
+    copy at most EDITOR_SIDE px: app.editor), and every mask from or to the editor is in the editor's
+    coordinates. ``original`` is the full-size photo the page sent next to the copy it loaded (it may
+    arrive before or after the editor's first value). ``auto_masks`` caches the parser's masks for the
+    photo by garment type. When an automatic mask is drawn, ``shown_auto`` is its automatic part (tools
+    applied, made with ``shown_tools``: garment type, grow, longer), ``edits`` the user's strokes and
+    erasures on it, and ``shown`` the mask last drawn in the editor (the two composed).
     """
 
     def __init__(self):
         self.photo: Image.Image | None = None
-        self.photo_id: str | None = None
+        self.photo_id: str | None = None  # the digest of the editor's photo
+        self.view: tuple[int, int] | None = None
+        self.original: Image.Image | None = None
         self.auto_masks: dict[str, Image.Image] = {}
         self.shown_auto: Image.Image | None = None
         self.shown_tools: tuple | None = None
@@ -57,15 +62,42 @@ class Session:
     def __deepcopy__(self, memo):  # gr.State copies its initial value for every new session
         return Session()
 
-    def set_photo(self, photo: Image.Image | None) -> bool:
-        """Hold a new photo; False when it is the one already held (the editor echoing our own value)."""
-        digest = photo_digest(photo) if photo is not None else None
+    def set_photo(self, shown: Image.Image) -> bool:
+        """The editor's photo (an upload, or our own value echoed): False when it is the one already held.
+        A new one runs as it is, unless it is the scaled-down copy of the original the page sent."""
+        digest = photo_digest(shown)
         if digest == self.photo_id:
             return False
-        self.photo, self.photo_id = photo, digest
+        original = self.original
+        photo = original if original is not None and is_copy_of(original, shown) else shown
+        self.hold(photo, shown, digest)
+        return True
+
+    def show(self, photo: Image.Image) -> Image.Image:
+        """Hold ``photo`` (an example) and return what the editor gets: the photo, or its copy."""
+        shown = shown_copy(photo)
+        self.hold(photo, shown, photo_digest(shown))
+        return shown
+
+    def hold(self, photo: Image.Image, shown: Image.Image, digest: str) -> None:
+        self.photo, self.photo_id, self.view = photo, digest, shown.size
         self.auto_masks = {}
         self.forget_mask()
-        return True
+
+    def take_original(self, original: Image.Image) -> None:
+        """The full-size photo of the copy the page loads into the editor. Held until that copy arrives, or
+        put in place of the copy at once if it came first (the masks, in the editor's coordinates, stay)."""
+        self.original = original
+        if self.photo is not None and self.photo.size == self.view and is_copy_of(original, self.photo):
+            self.photo, self.auto_masks = original, {}
+
+    def to_view(self, mask: Image.Image) -> Image.Image:
+        """A mask of the photo in the editor's coordinates."""
+        return scaled_mask(mask, self.view or mask.size)
+
+    def to_photo(self, mask: Image.Image) -> Image.Image:
+        """A mask from the editor on the photo that runs (scaled up when the editor holds a copy)."""
+        return scaled_mask(mask, self.photo.size) if self.photo is not None else mask
 
     def forget_mask(self) -> None:
         """The editor holds no mask of ours (a new photo, or an example loaded with an empty layer)."""
@@ -94,10 +126,11 @@ class RunRequest:
 
 
 def person_and_mask(session: Session, editor: dict | None) -> tuple[Image.Image, Image.Image | None]:
-    """The photo and the mask painted on it, in its own coordinates (None: nothing painted).
+    """The photo that runs and the mask painted in the editor, in the editor's coordinates (None: nothing
+    painted); ``session.to_photo`` puts such a mask on the photo.
 
-    The editor's background is the photo itself (nothing is ever painted into it). A background unlike
-    the held photo is a new upload: it replaces the photo and forgets the old one's automatic masks.
+    The editor's background is the photo or its copy (nothing is ever painted into it). A background unlike
+    the held one is a new upload: it replaces the photo and forgets the old one's automatic masks.
     Photos loaded from here (examples) are held before they reach the editor, which may report no
     background until the user touches it; then the mask is the one last sent, if any.
     """
@@ -109,7 +142,7 @@ def person_and_mask(session: Session, editor: dict | None) -> tuple[Image.Image,
         raise TryOnInputError("no person photo: upload one in the Person editor, or pick an example.")
     if background is None and session.shown is not None:
         return photo, session.shown
-    mask = painted_mask(editor, photo.size)
+    mask = painted_mask(editor, session.view or photo.size)
     return photo, (mask if mask.getbbox() else None)
 
 
@@ -157,12 +190,13 @@ def seeds_for(random_seed: bool, seed: int, variations: int) -> list[int]:
 
 
 def auto_part(service: TryOnService, session: Session, photo: Image.Image, tools: tuple) -> Image.Image:
-    """The automatic mask of the held photo for ``tools`` (garment type, grow, longer): the parser runs
-    once per garment type and photo, the tools on every call."""
+    """The automatic mask of the held photo for ``tools`` (garment type, grow, longer), in the editor's
+    coordinates: the parser runs once per garment type and photo, the tools (in the photo's pixels, as
+    REST applies them) on every call."""
     garment_type, grow, longer = tools
     if garment_type not in session.auto_masks:
         session.auto_masks[garment_type] = service.auto_mask(photo, garment_type)
-    return apply_tools(session.auto_masks[garment_type], grow=grow, longer=longer)
+    return session.to_view(apply_tools(session.auto_masks[garment_type], grow=grow, longer=longer))
 
 
 def build_request(service: TryOnService, session: Session, editor, garment, extra_persons, extra_garments,
@@ -189,6 +223,8 @@ def build_request(service: TryOnService, session: Session, editor, garment, extr
                 mask = session.redraw(mask, auto_part(service, session, person, tools), tools)
     elif not extra_people:  # a hand-painted mask runs as painted: no tool touched it
         options = replace(options, mask_grow=0, longer=0.0)
+    if mask.size != person.size:  # drawn on the editor's copy of a larger photo: the same mask, on the photo
+        mask = session.to_photo(mask)
     persons = [(person, mask)]
     persons += [(extra, "auto") for extra in extra_people]
     garments = [flatten(garment)] + extra_clothes  # as the model gets it: the Inputs view shows the same

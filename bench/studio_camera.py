@@ -42,7 +42,11 @@ def camera_photo(size: tuple[int, int], folder: Path) -> Path:
 
 
 def one_run(page, photo: Path) -> dict:
-    put_photo(page, photo)
+    from app.editor import view_size
+
+    with Image.open(photo) as image:
+        width = view_size(image.size)[0]  # a larger photo is shown as a copy
+    put_photo(page, photo, width=width)
     page.locator("#garment input[type=file]").first.set_input_files(str(GARMENT))
     page.wait_for_selector("#garment img", timeout=30_000)
     page.wait_for_timeout(1000)

@@ -254,3 +254,57 @@ def test_fill_holes_matches_a_flood_fill_from_the_border():
     shapes.append(spiral)
     for shape in shapes:
         assert np.array_equal(white(fill_holes(shape)), flood_reference(shape))
+
+
+def camera_like(size=(3000, 2000), seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (8, 12, 3)).astype(np.uint8)  # large areas of colour, as a scene has
+    photo = np.asarray(Image.fromarray(base).resize(size, Image.BICUBIC)).astype(np.int16)
+    return Image.fromarray(np.clip(photo + rng.normal(0, 3, photo.shape), 0, 255).astype(np.uint8))
+
+
+def test_a_larger_photo_is_edited_as_a_copy_and_the_original_runs_whichever_arrives_first():
+    from app.editor import EDITOR_SIDE, is_copy_of, shown_copy, view_size
+    from app.ui_run import Session
+
+    original = camera_like()
+    assert view_size(original.size) == (EDITOR_SIDE, 853) and view_size((600, 900)) == (600, 900)
+    as_the_page_scales = original.resize((1280, 853), Image.BILINEAR)  # another resampler than ours
+    assert is_copy_of(original, shown_copy(original)) and is_copy_of(original, as_the_page_scales)
+    assert not is_copy_of(original, camera_like(seed=1).resize((1280, 853)))  # another photo
+    assert not is_copy_of(original, original.resize((1280, 900)))  # other proportions
+    assert not is_copy_of(original.resize((1280, 853)), original)  # never a larger one
+
+    first = Session()  # the original first, then the editor's first value
+    first.take_original(original)
+    assert first.set_photo(as_the_page_scales) and first.photo is original and first.view == (1280, 853)
+    later = Session()  # the editor's value first: the copy is held until the original arrives
+    later.set_photo(as_the_page_scales)
+    assert later.photo.size == (1280, 853)
+    later.take_original(original)
+    assert later.photo is original
+    stale = Session()  # an original of another photo never replaces the one in the editor
+    stale.take_original(camera_like(seed=1))
+    stale.set_photo(as_the_page_scales)
+    assert stale.photo is as_the_page_scales
+
+
+def test_a_mask_on_the_copy_is_the_same_mask_on_the_original():
+    from app.editor import scaled_mask
+    from app.ui_run import Session
+
+    session = Session()
+    session.take_original(camera_like())
+    shown = session.show(camera_like())
+    assert shown.size == (1280, 853) and session.photo.size == (3000, 2000)
+    painted = Image.new("L", shown.size, 0)
+    ImageDraw.Draw(painted).ellipse((400, 200, 800, 700), fill=255)
+    ImageDraw.Draw(painted).line((100, 820, 1200, 820), fill=255, width=3)  # a thin stroke survives scaling
+    on_photo = session.to_photo(painted)
+    assert on_photo.size == (3000, 2000) and set(np.unique(np.asarray(on_photo))) <= {0, 255}
+    nearest = np.asarray(painted.resize((3000, 2000), Image.NEAREST)) > 127
+    assert ((np.asarray(on_photo) > 127) ^ nearest).mean() < 0.002  # only edge pixels differ
+    assert (np.asarray(on_photo)[1915:1930] > 127).any()
+    back = session.to_view(on_photo)
+    assert ((np.asarray(back) > 127) ^ (np.asarray(painted) > 127)).mean() < 0.001
+    assert scaled_mask(painted, painted.size).tobytes() == painted.tobytes()

@@ -75,17 +75,18 @@ def load_inputs(page, person=PERSON, garment=GARMENT):
     page.wait_for_timeout(1200)  # a moment for the uploads to reach the server
 
 
-def put_photo(page, person):
+def put_photo(page, person, width: int | None = None):
     """Upload the person photo into the editor, as a designer does, until the editor shows it.
 
     The editor exposes itself (``window.editor``) before its canvas is set up, and a photo given to it
     before that is lost: wait until it is ready (on a busy machine, seconds after the rest of the page),
-    and give the photo again if its canvas has not taken the photo's size."""
+    and give the photo again if its canvas has not taken the photo's size (``width``: the width the editor
+    shows it at, when that is not the photo's own: a copy of a larger photo)."""
     page.wait_for_function("async () => { if (!window.editor) return false; await window.editor.ready; "
                            "return true; }", timeout=60_000)
     page.wait_for_timeout(300)  # the editor replays its history just after it is ready
     with Image.open(person) as photo:
-        loaded = (f"async () => window.editor && window.editor.width === {photo.width} && "
+        loaded = (f"async () => window.editor && window.editor.width === {width or photo.width} && "
                   "((await window.editor.get_blobs()).background?.size || 0) > 1000")
     for _attempt in range(3):
         page.locator("#person input[type=file]").first.set_input_files(str(person))
@@ -453,6 +454,47 @@ def test_a_file_that_is_not_an_image_gets_one_sentence_in_the_progress_line(page
 
 
 # -- defect 5: auto mask keeps the photo on screen ------------------------------------------------
+
+def camera_photo(folder: Path, size: tuple[int, int] = (3000, 2000)) -> Path:
+    """The example person at camera size with sensor-like noise, as a camera's JPEG."""
+    with Image.open(PERSON) as person:
+        photo = person.convert("RGB").resize(size, Image.BICUBIC)
+    noisy = np.asarray(photo).astype(np.int16) + np.random.default_rng(0).normal(0, 3, (size[1], size[0], 3))
+    path = folder / f"camera-{size[0]}x{size[1]}.jpg"
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=92)
+    return path
+
+
+def test_a_camera_photo_is_edited_as_a_copy_and_runs_at_full_size(page, studio, tmp_path):
+    """The editor holds a copy of a 3000x2000 photo at 1280 px (each event that reads it encodes a fifth of
+    the pixels); the original runs, pixel for pixel, with the mask the editor shows scaled up to it."""
+    from app.editor import scaled_mask, view_size
+
+    volume = studio["volume"]
+    path = camera_photo(tmp_path)
+    with Image.open(path) as image:
+        original = np.asarray(image.convert("RGB"))
+    view = view_size((original.shape[1], original.shape[0]))
+    assert view == (1280, 853)
+    put_photo(page, path, width=view[0])
+    held = page.evaluate("async () => { const blobs = await window.editor.get_blobs(); "
+                         "const bitmap = await createImageBitmap(blobs.background); "
+                         "return [bitmap.width, bitmap.height]; }")
+    assert tuple(held) == view  # what every event encodes and sends: the copy
+    page.locator("#garment input[type=file]").first.set_input_files(str(GARMENT))
+    page.wait_for_selector("#garment img", timeout=30_000)
+    press_auto_mask(page)
+    stroke(page, at=(0.5, 0.92))  # below the automatic mask: a stroke of the user's own
+    shown = shown_mask(page, view)
+    [meta] = run_and_wait(page, volume)
+    sent = np.asarray(saved_input(volume, meta, "person").convert("RGB"))
+    assert sent.shape == original.shape and np.array_equal(sent, original), "the original did not run"
+    on_photo = white(scaled_mask(Image.fromarray(np.where(shown, 255, 0).astype(np.uint8)), sent.shape[1::-1]))
+    assert np.array_equal(white(saved_input(volume, meta, "mask")), on_photo)
+    assert on_photo[int(0.92 * sent.shape[0])].any(), "the stroke did not reach the photo's mask"
+    with Image.open(volume / meta["image"]) as result:
+        assert result.size == (original.shape[1], original.shape[0])  # the result in the photo's own size
+
 
 def test_auto_mask_keeps_the_photo_visible(page, studio):
     load_inputs(page)
