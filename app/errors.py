@@ -19,7 +19,10 @@ class AdapterError(ValueError):
 
 
 class GenerationCancelled(Exception):
-    """Raise from a step callback to stop a generation between steps."""
+    """Raise from a step callback to stop a generation between steps. A batch that stops puts the results it
+    had already saved in ``finished``."""
+
+    finished: list = []
 
 
 class RunTimedOut(GenerationCancelled):

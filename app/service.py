@@ -21,7 +21,7 @@ from PIL import Image
 
 from app.config import Settings
 from app.engine import Engine
-from app.errors import TryOnInputError, quoted
+from app.errors import GenerationCancelled, TryOnInputError, quoted
 from app.imaging import Box, blur_mask, crop_padded, fit_box, flatten, model_region
 from app.masking import ParserHolder, apply_tools, paste_back
 from app.outputs import ResultStore, SavedResult
@@ -176,7 +176,8 @@ class TryOnService:
         Every item is checked (and its mask made) before any generation, so a bad item fails the whole
         batch with nothing saved. The batch queues once and takes the GPU item by item. ``progress(done,
         total)`` counts denoising steps over the whole batch. An exception from ``progress`` (the studio's
-        GenerationCancelled) stops the batch and propagates; the items finished before it stay saved.
+        GenerationCancelled) stops the batch and propagates; the items finished before it stay saved, and
+        are in that exception's ``finished``.
         """
         started = time.perf_counter() if started is None else started
         count = len(items)
@@ -217,6 +218,8 @@ class TryOnService:
         except BaseException as exc:
             log.info("batch %s stopped after %d of %d try-ons (%s)", batch_id, len(saved), count,
                      type(exc).__name__)
+            if isinstance(exc, GenerationCancelled):
+                exc.finished = list(saved)  # the caller can show what was done
             raise
         log.info("batch %s: %d try-ons", batch_id, count)
         return saved

@@ -59,6 +59,7 @@ EDITOR_LOAD_JS = """async (photo, layer) => {
   const editor = window.editor;
   if (!editor || (!photo && !layer)) return;
   await editor.ready;  // window.editor exists before its canvas is set up; a photo given earlier is lost
+  if (window.tryonClearPanel) window.tryonClearPanel();  // the photo's fit keeps clear of the tool panel
   if (photo) await editor.add_image_from_url(photo.url);
   await editor.add_layers_from_url(layer ? [layer.url] : []);
   const brush = document.querySelector('#person button[aria-label="Brush"]');
@@ -70,9 +71,25 @@ EDITOR_LOAD_JS = """async (photo, layer) => {
 # photo for every event that reads it: seconds for a camera photo), and as it is to the server through a
 # hidden upload: that original is what runs. Auto mask and Run wait for it (window.tryonOriginal).
 # Colours are taken as stored (no colour-profile conversion), as the server reads them.
+# Also: the editor fits a photo with 30 px around it, and its tool panel reaches further in from the left (a
+# stroke begun on the photo's left edge would land on the panel): before any photo goes in, the fit is
+# told to keep clear of the panel (window.tryonClearPanel; the editor may be rebuilt after the page loads).
 PERSON_INTAKE_JS = """() => {
   const SIDE = %(side)d, LIMIT_MB = %(limit_mb)s;
   window.tryonOriginal = Promise.resolve();
+  window.tryonClearPanel = () => {
+    const zoom = window.editor && window.editor.tools && window.editor.tools.get('zoom');
+    const panel = document.querySelector('#person .toolbar-wrap');
+    const canvas = document.querySelector('#person .pixi-target');
+    if (!zoom || !panel || !canvas) return;
+    const clear = Math.ceil(panel.getBoundingClientRect().right - canvas.getBoundingClientRect().left + 8);
+    if (clear > zoom.border_padding) zoom.border_padding = clear;
+  };
+  for (const kind of ['paste', 'drop', 'pointerdown']) {  // the other ways a photo comes in
+    document.addEventListener(kind, (event) => {
+      if (event.target instanceof Element && event.target.closest('#person')) window.tryonClearPanel();
+    }, true);
+  }
   const say = (text) => {
     const line = document.querySelector('#progress .tryon-progress');
     if (!line) return;
@@ -86,7 +103,7 @@ PERSON_INTAKE_JS = """() => {
     const files = new DataTransfer();
     files.items.add(file);
     input.files = files.files;
-    if (ours) input.dataset.tryonChecked = '1';
+    if (ours) { input.dataset.tryonChecked = '1'; window.tryonClearPanel(); }
     input.dispatchEvent(new Event('change', {bubbles: true}));
   };
   document.addEventListener('change', async (event) => {
@@ -300,8 +317,14 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
                 elif kind == "error":
                     exc = event[1]
                     if isinstance(exc, GenerationCancelled):
-                        yield line(done / total, f"Stopped at step {done} of {total}; finished results are in the "
-                                   "gallery.", "stopped")
+                        kept = exc.finished
+                        if kept:  # a batch stopped part-way: what it finished is shown, as a run's results are
+                            text = (f"Stopped at step {done} of {total}; {len(kept)} of {count} try-ons finished "
+                                    "(shown here and in the gallery).")
+                            yield shown_results(session, run, kept, progress_html(done / total, text, "stopped"))
+                        else:
+                            yield line(done / total, f"Stopped at step {done} of {total}; nothing was saved.",
+                                       "stopped")
                     elif isinstance(exc, USER_ERRORS):
                         yield line(None, f"Not run: {exc}", "error")
                     else:
@@ -310,27 +333,30 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
                                    "error")
                     return
                 elif kind == "done":
-                    yield finished(session, run, event[1], started)
+                    results = event[1]
+                    kind_text = "draft try-on" if run.options.draft else "try-on"
+                    note = (f"Done: {len(results)} {kind_text}{'s' if len(results) > 1 else ''} in "
+                            f"{time.perf_counter() - started:.1f} s.")
+                    yield shown_results(session, run, results, progress_html(1.0, note, "done"))
                     return
                 yield line(done / total if total else None, describe(service, done, total, clock, started, count))
         except GeneratorExit:  # Gradio dropped the run's stream (the page went): stop the work too
             session.cancel.set()
             raise
 
-    def finished(session: Session, run, results, started):
+    def shown_results(session: Session, run, results, line_html: str):
+        """The run's results in the result panel (the first in Result, Compare and Inputs; all of them in the
+        strip), with ``line_html`` in the progress line."""
         first = results[0]
         image = saved_image(first)
         session.last_seed = first.metadata["seed"]
-        elapsed = time.perf_counter() - started
         labels = run.labels or [""] * len(results)  # which person and garment each result is, then its seed
         strip = [(thumbnail(r, 512), " · ".join(filter(None, [label, seed_caption(r.metadata)])))
                  for r, label in zip(results, labels, strict=False)] if len(results) > 1 else []
-        kind = "draft try-on" if run.options.draft else "try-on"
-        note = f"Done: {len(results)} {kind}{'s' if len(results) > 1 else ''} in {elapsed:.1f} s."
         shown = gr.update(value=page_copy(first, result.GRADIO_CACHE),
                           label="Result: draft (fast preview)" if run.options.draft else "Result")
         before_after = compare_pair(run.first_person, image, first.metadata.get("region"))
-        return (progress_html(1.0, note, "done"), *buttons(False), shown, before_after,
+        return (line_html, *buttons(False), shown, before_after,
                 inputs_strip(run.first_person, run.first_mask, run.items[0].garment, image),
                 gr.update(value=strip, visible=bool(strip)), summary(first.metadata), first.metadata["seed"])
 
@@ -442,8 +468,8 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
 
         demo.load(first_page, None, page_outputs, **quiet).then(lambda: status_text(service), None, status, **quiet)
         demo.load(signed_in_line, None, who, **quiet)
-        demo.load(None, None, None, js=PERSON_INTAKE_JS % {"side": EDITOR_SIDE, "limit_mb": f"{settings.max_upload_mb:g}"},
-                  **quiet)
+        intake = PERSON_INTAKE_JS % {"side": EDITOR_SIDE, "limit_mb": f"{settings.max_upload_mb:g}"}
+        demo.load(None, None, None, js=intake, **quiet)
         newer.click(newer_page, page, page_outputs, **quiet)
         older.click(older_page, page, page_outputs, **quiet)
         gallery.select(show_selected, [session, ids], [selected, selected_summary, selected_meta, selected_row],

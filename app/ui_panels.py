@@ -19,6 +19,24 @@ STUDIO_CSS = """
 #person, #person .image-container { max-width: 100% }
 #examples-person .grid-wrap, #examples-garment .grid-wrap { overflow-y: auto }
 .hint p { font-size: 0.85em; opacity: 0.8; margin: 2px 0 }
+/* The placeholder clears the editor's tool panel (the photo does too: app.ui EDITOR_FIT_JS) */
+#person .empty.wrap { left: 52px !important; right: 8px !important; width: auto !important }
+#person .empty.wrap p { white-space: normal; text-align: center }
+/* Examples: three columns that fit the panel, every caption whole */
+#examples-person .grid-container, #examples-garment .grid-container {
+  grid-template-columns: repeat(3, minmax(0, 1fr)) !important }
+#examples-person .thumbnail-item, #examples-garment .thumbnail-item {
+  width: 100% !important; height: auto !important; aspect-ratio: 1 }
+#examples-person .caption-label, #examples-garment .caption-label {
+  left: 2px; right: 2px; bottom: 2px; max-width: none; white-space: normal; overflow: visible;
+  text-overflow: clip; text-align: center; font-size: 11px; line-height: 1.2; padding: 1px 2px }
+/* Phones: Run, Stop and the progress line stay in reach, in a bar along the bottom of the screen */
+@media (max-width: 640px) {
+  #run-bar { position: fixed !important; left: 0; right: 0; bottom: 0; z-index: 60; margin: 0 !important;
+    padding: 8px 12px; gap: 6px; background: var(--background-fill-primary);
+    box-shadow: 0 -2px 10px rgba(0, 0, 0, 0.18) }
+  #bar-space { height: 120px }  /* the end of the page clears the bar */
+}
 .tryon-offstage { display: none !important }
 """
 
@@ -61,17 +79,17 @@ def garment_panel(people: list[ExampleImage], garments: list[ExampleImage]):
         garment = gr.Image(label="Garment", type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
                            elem_id="garment", height=260)
         person_examples = gr.Gallery([(str(e.path), e.label) for e in people], label="Example persons",
-                                     columns=4, height=150, allow_preview=False, elem_id="examples-person",
+                                     columns=3, height=210, allow_preview=False, elem_id="examples-person",
                                      show_label=True, object_fit="contain")
         garment_examples = gr.Gallery([(str(e.path), e.label) for e in garments],
-                                      label="Example garments", columns=4, height=150,
+                                      label="Example garments", columns=3, height=210,
                                       allow_preview=False, elem_id="examples-garment",
                                       object_fit="contain")
         with gr.Accordion("Batch", open=False, elem_id="batch"):
             extra_garments = gr.File(file_count="multiple", file_types=["image"], label="More garments",
-                                     elem_id="extra-garments", height=90)
+                                     elem_id="extra-garments")
             extra_persons = gr.File(file_count="multiple", file_types=["image"],
-                                    label="More persons (auto mask)", elem_id="extra-persons", height=90)
+                                    label="More persons (auto mask)", elem_id="extra-persons")
             variations = gr.Number(value=1, precision=0, minimum=1, maximum=MAX_VARIATIONS,
                                    label="Variations", info="Seeds per person and garment",
                                    elem_id="variations")
@@ -81,14 +99,15 @@ def garment_panel(people: list[ExampleImage], garments: list[ExampleImage]):
 def run_panel(defaults: TryOnOptions, sizes: dict[str, tuple[int, int]], default_size: str, draft_steps: int):
     """Run controls, the result tabs and the settings."""
     with gr.Column(scale=4, min_width=320):
-        with gr.Row():
-            run = gr.Button("Run try-on", variant="primary", elem_id="run", scale=3)
-            stop = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False, scale=1)
+        with gr.Column(elem_id="run-bar"):  # on a phone, a bar along the bottom of the screen
+            with gr.Row():
+                run = gr.Button("Run try-on", variant="primary", elem_id="run", scale=3)
+                stop = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False, scale=1)
+            progress = gr.HTML(progress_html(None, ""), elem_id="progress")
         # Next to Run, not in Settings: a designer must see when a preview is on. Never on by default.
         draft = gr.Checkbox(value=False, label="Draft (fast preview)", elem_id="draft",
                             info=f"At most {draft_steps} steps, guidance on the early steps only; untick and run "
                                  "again (same seed) for the final.")
-        progress = gr.HTML(progress_html(None, ""), elem_id="progress")
         with gr.Tabs(elem_id="result-tabs"):
             with gr.Tab("Result", id="result-tab"):
                 result = gr.Image(label="Result", type="pil", interactive=False, format="png",
@@ -137,4 +156,5 @@ def gallery_panel():
                 reuse_button = gr.Button("Use these settings", size="sm", elem_id="reuse")
                 with gr.Accordion("All settings (JSON)", open=False):
                     selected_meta = gr.JSON(label="Metadata")
+    gr.HTML("", elem_id="bar-space", padding=False)  # room for the Run bar on a phone (STUDIO_CSS)
     return gallery, newer, page_label, older, selected_row, selected, selected_summary, reuse_button, selected_meta

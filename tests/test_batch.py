@@ -206,10 +206,12 @@ def test_cancel_after_the_first_item_keeps_it_and_frees_the_gpu(make_service, vo
             raise GenerationCancelled("stopped by the user")
 
     items = [BatchItem(images["person"], garment, images["mask"]) for garment in (images["garment"], second_garment)]
-    with pytest.raises(GenerationCancelled):
+    with pytest.raises(GenerationCancelled) as stopped:
         service.run_batch(items, fast_options(), progress=cancel_in_second_item)
     kept = saved_pngs(volume_copy)
     assert len(kept) == 1
+    [finished] = stopped.value.finished  # what the studio shows of a stopped batch: the saved item itself
+    assert finished.image_path.read_bytes() == (volume_copy / "outputs" / kept[0]).read_bytes()
     sidecar = json.loads((volume_copy / "outputs" / kept[0]).with_suffix(".json").read_text())
     assert sidecar["batch"]["index"] == 0 and sidecar["batch"]["size"] == 2
     assert service.queue_state() == {"waiting": 0, "running": False, "max": service.settings.queue_max,

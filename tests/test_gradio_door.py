@@ -226,9 +226,11 @@ def test_a_borrowed_session_hash_reaches_nothing_of_the_owners(door):
     config = httpx.get(f"{door['url']}/config", auth=ALICE, timeout=30).json()
     ids = {c.get("props", {}).get("elem_id"): c["id"] for c in config["components"]}
     select = next(d for d in config["dependencies"] if [ids["examples-person"], "select"] in d["targets"])
-    # Auto mask: the step after the button's own (the one that reads the editor and the held photo).
-    button = next(d for d in config["dependencies"] if [ids["auto-mask"], "click"] in d["targets"])
-    auto = next(d for d in config["dependencies"] if d.get("trigger_after") == button["id"])
+    # Auto mask: the first step after the button's own that takes inputs (the one that reads the editor and
+    # the held photo; between them the page waits for a camera photo's original).
+    auto = next(d for d in config["dependencies"] if [ids["auto-mask"], "click"] in d["targets"])
+    while not auto["inputs"]:
+        auto = next(d for d in config["dependencies"] if d.get("trigger_after") == auto["id"])
     shared_hash = "alice-session-0001"
     with httpx.Client(base_url=door["url"], auth=ALICE, timeout=60) as alice, \
             httpx.Client(base_url=door["url"], auth=BOB, timeout=60) as bob:

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -561,6 +562,44 @@ def test_batch_of_garments_with_compare_and_reuse(page, studio):
     assert not page.locator("#random-seed input").is_checked()
 
 
+def test_a_stopped_batch_shows_the_try_ons_it_finished(page, studio):
+    """Stop during a batch's second try-on: the first, saved, is in the result panel (the very file on the
+    volume) and the line says how many finished; nothing half-made is saved."""
+    volume = studio["volume"]
+    load_inputs(page)
+    stroke(page)
+    page.get_by_text("Batch", exact=True).click()
+    page.locator("#extra-garments input[type=file]").set_input_files([str(EXAMPLES / "garment-2.png")])
+    page.get_by_text("Settings", exact=True).click()
+    steps = page.locator("#steps input[type=number]")
+    steps.fill("40")
+    steps.press("Enter")
+    page.wait_for_timeout(1500)
+    before = len(results(volume))
+    page.locator("#run").click()
+    seen, deadline = "", time.monotonic() + 240
+    while time.monotonic() < deadline:  # into the second try-on (steps 41-80)
+        seen = page.locator("#progress").inner_text()
+        step = re.search(r"step (\d+)/80", seen)
+        if (step and int(step.group(1)) >= 43) or "Done" in seen:
+            break
+        page.wait_for_timeout(50)
+    assert step and int(step.group(1)) >= 43, seen
+    page.locator("#stop").click()
+    page.wait_for_function("() => document.querySelector('#progress').innerText.includes('Stopped at step')",
+                           timeout=60_000)
+    line = page.locator("#progress").inner_text()
+    assert "1 of 2 try-ons finished" in line, line
+    saved = results(volume)[before:]
+    assert len(saved) == 1, "a stopped batch saved other than its finished try-on"
+    meta = json.loads(saved[0].read_text())
+    assert meta["batch"]["index"] == 0
+    page.wait_for_function("() => document.querySelector('#result img')?.complete", timeout=30_000)
+    shown = page.evaluate("""async () => { const answer = await fetch(document.querySelector('#result img').src);
+        return Array.from(new Uint8Array(await answer.arrayBuffer())); }""")
+    assert bytes(shown) == (volume / meta["image"]).read_bytes(), "the result shown is not the saved try-on"
+
+
 def test_a_draft_is_ticked_next_to_run_and_its_result_is_labelled(page, studio):
     assert not page.locator("#draft input").is_checked()  # never on by default
     assert "early steps only" in page.locator("#draft").inner_text()
@@ -577,29 +616,81 @@ def test_a_draft_is_ticked_next_to_run_and_its_result_is_labelled(page, studio):
                            timeout=10_000)
 
 
-@pytest.mark.parametrize("viewport", [(390, 844)])
-def test_phone_layout_fits_the_screen(browser, studio, viewport):
-    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, device_scale_factor=2)
+def overlaps(a: dict, b: dict) -> bool:
+    return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
+                or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+
+
+@pytest.mark.parametrize("viewport", [(1440, 900), (390, 844)])
+def test_the_layout_cuts_and_covers_nothing(browser, studio, viewport, tmp_path):
+    """Desktop and phone: Run in reach on first sight; the placeholder whole; a landscape photo clear of the
+    editor's tool panel (a stroke begun on its left edge paints there); example thumbnails inside their
+    panels with whole captions; both of two batch files listed; nothing hidden behind the phone's Run bar."""
+    phone = viewport[0] < 640
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]},
+                                  device_scale_factor=2 if phone else 1)
     page = context.new_page()
     page.goto(studio["url"] + "/")
     page.wait_for_selector("#run")
-    page.locator("#person input[type=file]").first.set_input_files(str(PERSON))
-    page.locator("#garment input[type=file]").first.set_input_files(str(GARMENT))
-    page.wait_for_selector("#garment img", timeout=30_000)
-    page.wait_for_timeout(1500)  # layout only: the editor's photo need not be ready
+    page.wait_for_timeout(1500)
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= viewport[0], f"the page is {width} px wide on a {viewport[0]} px screen"
-    editor = page.locator("#person").bounding_box()
-    assert editor["x"] >= 0 and editor["x"] + editor["width"] <= viewport[0]
-    label, toolbar = page.locator("#person label").first.bounding_box(), page.locator("#person .toolbar-wrap, "
-                                                                                      "#person [role=toolbar]")
-    if toolbar.count():
-        bar = toolbar.first.bounding_box()
-        overlap = not (label["x"] + label["width"] <= bar["x"] or bar["x"] + bar["width"] <= label["x"]
-                       or label["y"] + label["height"] <= bar["y"] or bar["y"] + bar["height"] <= label["y"])
-        assert not overlap, (label, bar)
-    if SCREENSHOTS:
+    run = page.locator("#run").bounding_box()
+    assert 0 <= run["y"] and run["y"] + run["height"] <= viewport[1], f"Run is at y={run['y']:.0f}"
+    panel = page.locator("#person .toolbar-wrap").first.bounding_box()
+    placeholder = page.locator("#person .empty.wrap p").first
+    assert placeholder.inner_text().startswith("Upload a person photo")
+    assert not overlaps(placeholder.bounding_box(), panel), "the placeholder is under the tool panel"
+    if phone:
         shoot(page, "studio-390-first-load.png")
+
+    landscape = tmp_path / "landscape.png"
+    with Image.open(PERSON) as person:
+        person.convert("RGB").resize((900, 600)).save(landscape)
+    put_photo(page, landscape)
+    page.wait_for_timeout(800)  # the fit animates
+    left, top, height = page.evaluate("""() => {
+      const zoom = window.editor.tools.get('zoom'), canvas = document.querySelector('#person .pixi-target');
+      const box = canvas.getBoundingClientRect();
+      return [box.left + zoom.local_position.x, box.top + zoom.local_position.y, 600 * zoom.local_scale]; }""")
+    panel = page.locator("#person .toolbar-wrap").first.bounding_box()
+    assert left >= panel["x"] + panel["width"], f"the photo starts at x={left:.0f}, under the tool panel"
+    y = top + height * 0.4
+    page.mouse.move(left + 2, y)
+    page.mouse.down()
+    page.mouse.move(left + 40, y, steps=8)
+    page.mouse.up()
+    page.wait_for_timeout(400)
+    painted = shown_mask(page, (900, 600))
+    assert painted[:, :8].any(), "a stroke begun on the photo's left edge painted nothing there"
+
+    for gallery in ("#examples-person", "#examples-garment"):
+        box = page.locator(gallery).bounding_box()
+        for item in page.locator(f"{gallery} .thumbnail-item").all():
+            thumb = item.bounding_box()
+            assert box["x"] <= thumb["x"] and thumb["x"] + thumb["width"] <= box["x"] + box["width"] + 0.5, gallery
+        cut = page.evaluate(f"""() => [...document.querySelectorAll('{gallery} .caption-label')]
+            .filter((c) => c.scrollWidth > c.clientWidth + 1).map((c) => c.innerText)""")
+        assert not cut, f"captions cut in {gallery}: {cut}"
+
+    page.get_by_text("Batch", exact=True).click()
+    page.locator("#extra-garments input[type=file]").first.set_input_files([str(GARMENT),
+                                                                             str(EXAMPLES / "garment-2.png")])
+    page.wait_for_function("() => document.querySelectorAll('#extra-garments tr.file').length === 2",
+                           timeout=30_000)
+    files = page.locator("#extra-garments").bounding_box()
+    for row in page.locator("#extra-garments tr.file").all():
+        line = row.bounding_box()
+        assert files["y"] <= line["y"] and line["y"] + line["height"] <= files["y"] + files["height"] + 0.5, \
+            "a batch file is hidden in its list"
+
+    if phone:  # scrolled to the end, the last control is above the Run bar, not behind it
+        page.evaluate("() => window.scrollTo(0, document.documentElement.scrollHeight)")
+        page.wait_for_timeout(300)
+        bar = page.locator("#run-bar").bounding_box()
+        last = page.get_by_role("button", name="Older").bounding_box()
+        assert last["y"] + last["height"] <= bar["y"], (last, bar)
+        assert bar["y"] + bar["height"] <= viewport[1] + 0.5
     context.close()
 
 
