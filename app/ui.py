@@ -37,6 +37,7 @@ from app.ui_run import (
     compare_pair,
     describe,
     inputs_strip,
+    model_frame,
     page_copy,
     person_and_mask,
     progress_html,
@@ -55,11 +56,13 @@ STATE_TEXT = {"unloaded": "not loaded (loads on the first run)", "loading": "loa
 # the editor keeps its photo (the loader replaces every layer), and a camera photo is not encoded,
 # downloaded and decoded again for each redraw.
 NOTHING = (None, None)  # nothing for the editor loader to load
+SIZE_3_4 = (768, 1024)  # every model size is 3:4: the region's shape
 EDITOR_LOAD_JS = """async (photo, layer) => {
   const editor = window.editor;
   if (!editor || (!photo && !layer)) return;
   await editor.ready;  // window.editor exists before its canvas is set up; a photo given earlier is lost
   if (window.tryonClearPanel) window.tryonClearPanel();  // the photo's fit keeps clear of the tool panel
+  if (photo && window.tryonFrame) window.tryonFrame('');  // another photo: no frame until its next mask
   if (photo) await editor.add_image_from_url(photo.url);
   await editor.add_layers_from_url(layer ? [layer.url] : []);
   const brush = document.querySelector('#person button[aria-label="Brush"]');
@@ -90,6 +93,48 @@ PERSON_INTAKE_JS = """() => {
       if (event.target instanceof Element && event.target.closest('#person')) window.tryonClearPanel();
     }, true);
   }
+  // The frame of the region the model will see, over the editor's photo, following its zoom and pan. It
+  // shows what the server has just worked out (Auto mask, a redraw, a run) and goes as soon as the mask or
+  // the photo changes in the page (a stroke, an erasure, another photo), until the next.
+  let region = null, drawing = false;
+  const frameElement = () => {
+    const host = document.querySelector('#person .image-container');
+    if (!host) return null;
+    let frame = host.querySelector(':scope > .tryon-frame');
+    if (!frame) {
+      frame = document.createElement('div');
+      frame.className = 'tryon-frame';
+      frame.innerHTML = '<span>what the model sees</span>';
+      host.appendChild(frame);
+    }
+    return frame;
+  };
+  const place = () => {
+    const frame = frameElement();
+    const zoom = window.editor && window.editor.tools && window.editor.tools.get('zoom');
+    const canvas = document.querySelector('#person .pixi-target');
+    if (!frame || !region || !zoom || !canvas) {
+      if (frame) frame.style.display = 'none';
+      drawing = false;
+      return;
+    }
+    const host = frame.parentElement.getBoundingClientRect(), box = canvas.getBoundingClientRect();
+    const scale = zoom.local_scale;
+    const x = box.left - host.left + zoom.local_position.x, y = box.top - host.top + zoom.local_position.y;
+    Object.assign(frame.style, {display: 'block', left: `${x + region[0] * scale}px`,
+      top: `${y + region[1] * scale}px`, width: `${(region[2] - region[0]) * scale}px`,
+      height: `${(region[3] - region[1]) * scale}px`});
+    requestAnimationFrame(place);
+  };
+  window.tryonFrame = (value) => {
+    region = value ? JSON.parse(value) : null;
+    if (!drawing) { drawing = true; requestAnimationFrame(place); }
+  };
+  document.addEventListener('pointerdown', (event) => {
+    const tool = window.editor && window.editor.current_tool;
+    if (event.target instanceof Element && event.target.closest('#person canvas') &&
+        (tool === 'draw' || tool === 'erase')) region = null;
+  }, true);
   const say = (text) => {
     const line = document.querySelector('#progress .tryon-progress');
     if (!line) return;
@@ -103,7 +148,7 @@ PERSON_INTAKE_JS = """() => {
     const files = new DataTransfer();
     files.items.add(file);
     input.files = files.files;
-    if (ours) { input.dataset.tryonChecked = '1'; window.tryonClearPanel(); }
+    if (ours) { input.dataset.tryonChecked = '1'; window.tryonClearPanel(); window.tryonFrame(''); }
     input.dispatchEvent(new Event('change', {bubbles: true}));
   };
   document.addEventListener('change', async (event) => {
@@ -140,6 +185,7 @@ PERSON_INTAKE_JS = """() => {
     hand(input, new File([copy], file.name.replace(/[.][^.]*$/, '') + '.png', {type: 'image/png'}), true);
   }, true);
 }"""
+FRAME_JS = "(value) => { if (window.tryonFrame) window.tryonFrame(value); }"
 # Before Auto mask reads the editor: a camera photo's original has reached the server.
 ORIGINAL_WAIT_JS = "async () => { await window.tryonOriginal; }"
 ORIGINAL_ARRIVED_JS = "() => { if (window.tryonOriginalArrived) window.tryonOriginalArrived(); }"
@@ -148,7 +194,13 @@ ORIGINAL_ARRIVED_JS = "() => { if (window.tryonOriginalArrived) window.tryonOrig
 RUN_PRESSED_JS = """async () => {
   window.tryonPressed = performance.now();
   const run = document.querySelector('#run');
-  if (run) { run.disabled = true; run.textContent = 'Running…'; }
+  if (run) {
+    run.disabled = true;
+    // The label's own text node, not textContent: the page keeps updating that node (a new one would
+    // leave the button saying "Running…" after the run). The server's first line says the same.
+    const label = [...run.childNodes].find((node) => node.nodeType === Node.TEXT_NODE && node.nodeValue.trim());
+    if (label) label.nodeValue = 'Running…';
+  }
   const line = document.querySelector('#progress .tryon-progress');
   if (line) {
     line.className = 'tryon-progress running';
@@ -225,8 +277,9 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         example = example_at(garments, event)
         return str(example.path), example.garment_type or gr.skip()
 
-    def on_auto(session: Session, editor, garment_type, grow, longer):
-        """Auto mask: the parser's mask for this garment type, with the tools, the user's edits re-applied."""
+    def on_auto(session: Session, editor, garment_type, grow, longer, mask_blur, size):
+        """Auto mask: the parser's mask for this garment type, with the tools, the user's edits re-applied;
+        and the frame of the region the model will see."""
         with session.masking:
             try:
                 photo, current = person_and_mask(session, editor)
@@ -234,19 +287,20 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
                 shown = session.redraw(current, auto_part(service, session, photo, tools), tools)
             except USER_ERRORS as exc:
                 gr.Warning(str(exc))  # a notice, not an error state: the chain goes on and restores the button
-                return NOTHING
-        return None, mask_layer(shown)  # the editor has the photo: the new layer alone
+                return NO_REDRAW
+            frame = model_frame(session, session.to_photo(shown), float(mask_blur), sizes.get(size, SIZE_3_4))
+        return None, mask_layer(shown), frame  # the editor has the photo: the new layer alone
 
-    def on_tools(session: Session, editor, garment_type, grow, longer):
+    def on_tools(session: Session, editor, garment_type, grow, longer, mask_blur, size):
         """Grow, Longer or the garment type changed (however entered): redraw the automatic part at once,
         keeping strokes and erasures. A hand-painted mask is used exactly as painted."""
         try:
             person_and_mask(session, editor)  # notices a new photo, which has no automatic mask yet
         except USER_ERRORS:
-            return NOTHING
+            return NO_REDRAW
         if session.shown_auto is None:
-            return NOTHING
-        return on_auto(session, editor, garment_type, grow, longer)
+            return NO_REDRAW
+        return on_auto(session, editor, garment_type, grow, longer, mask_blur, size)
 
     def on_original(session: Session, value):
         """The full-size photo the page sent next to the smaller copy it loaded into the editor: it runs.
@@ -277,6 +331,8 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
 
     # -- a run ----------------------------------------------------------------------------------
 
+    NO_REDRAW = (*NOTHING, gr.skip())  # nothing to load, the frame as it is
+
     def buttons(running: bool):
         return (gr.update(interactive=not running, value="Running…" if running else "Run try-on"),
                 gr.update(interactive=running))
@@ -285,7 +341,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
                mask_blur, grow, longer, keep_photo, variations, extra_persons, extra_garments, draft,
                request: gr.Request):
         """A run as a stream of progress lines. Errors end it in the same line (never as badges on panels)."""
-        skip = [gr.skip()] * 6  # result, compare, inputs view, strip, summary, seed
+        skip = [gr.skip()] * 7  # result, compare, inputs view, strip, summary, seed, frame
 
         def line(fraction, text, state="running"):
             return (progress_html(fraction, text, state), *buttons(state == "running"), *skip)
@@ -305,7 +361,9 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         count, clock = len(run.items), StepClock()
         started = time.perf_counter()
         done, total = 0, options.denoising(settings.draft_steps)[0] * count
-        yield line(0.0, describe(service, 0, total, clock, started, count))
+        # The editor frames the region the model sees of this photo with this mask.
+        frame = model_frame(session, run.first_mask, options.mask_blur, (options.width, options.height))
+        yield (*line(0.0, describe(service, 0, total, clock, started, count))[:-1], frame)
         # A page that closed or reloaded waits for nothing: its run stops (app.gradio_door.Streams).
         page_gone = lambda: streams.gone(request.session_hash)  # noqa: E731
         try:
@@ -358,7 +416,8 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         before_after = compare_pair(run.first_person, image, first.metadata.get("region"))
         return (line_html, *buttons(False), shown, before_after,
                 inputs_strip(run.first_person, run.first_mask, run.items[0].garment, image),
-                gr.update(value=strip, visible=bool(strip)), summary(first.metadata), first.metadata["seed"])
+                gr.update(value=strip, visible=bool(strip)), summary(first.metadata), first.metadata["seed"],
+                gr.skip())
 
     def on_stop(session: Session):
         session.cancel.set()
@@ -410,7 +469,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
             status = gr.Markdown(status_text(service), elem_id="status")
             who = gr.HTML("", elem_id="who")
         with gr.Row(equal_height=False):
-            person, original, auto, garment_type, grow, longer, mask_blur = editor_panel(defaults)
+            person, original, frame, auto, garment_type, grow, longer, mask_blur = editor_panel(defaults)
             (garment, person_examples, garment_examples, extra_garments, extra_persons,
              variations) = garment_panel(people, garments)
             (run, stop, draft, progress, result, compare, inputs_view, strip, run_summary, steps, guidance,
@@ -441,21 +500,22 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
             upload.upload(upload_checker(role), upload, [upload, progress], preprocess=False, **quiet)
         original.upload(on_original, [session, original], [original, progress], preprocess=False, **quiet) \
             .then(None, None, None, js=ORIGINAL_ARRIVED_JS, **quiet)
-        tool_inputs = [session, person, garment_type, grow, longer]
+        tool_inputs = [session, person, garment_type, grow, longer, mask_blur, size]
         masking = auto.click(lambda: gr.update(value="Masking…", interactive=False), None, auto, queue=False,
                              **quiet).then(None, None, None, js=ORIGINAL_WAIT_JS, **quiet) \
-            .then(on_auto, tool_inputs, to_editor, **quiet)
+            .then(on_auto, tool_inputs, [*to_editor, frame], **quiet)
         into_editor(masking).then(lambda: gr.update(value="Auto mask", interactive=True), None, auto, queue=False,
                                   **quiet)
         # Every way a tool value arrives (slider, its box and Enter, Use these settings, an example garment's
         # type) is a change: the shown mask is redrawn at once, the latest value only when they come fast.
         for tool in (grow, longer, garment_type):
-            into_editor(tool.change(on_tools, tool_inputs, to_editor, trigger_mode="always_last", **quiet))
+            into_editor(tool.change(on_tools, tool_inputs, [*to_editor, frame], trigger_mode="always_last", **quiet))
+        frame.change(None, frame, None, js=FRAME_JS, **quiet)
 
         page_outputs = [gallery, ids, page, page_label]
         run_inputs = [session, person, garment, garment_type, steps, guidance, random_seed, seed, size, mask_blur,
                       grow, longer, keep_photo, variations, extra_persons, extra_garments, draft]
-        run_outputs = [progress, run, stop, result, compare, inputs_view, strip, run_summary, seed]
+        run_outputs = [progress, run, stop, result, compare, inputs_view, strip, run_summary, seed, frame]
         running = run.click(None, None, None, js=RUN_PRESSED_JS, **quiet).then(
             try_on, run_inputs, run_outputs, concurrency_id="studio-run", concurrency_limit=settings.queue_max + 1,
             **quiet)

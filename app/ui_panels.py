@@ -38,11 +38,15 @@ STUDIO_CSS = """
   #bar-space { height: 120px }  /* the end of the page clears the bar */
 }
 .tryon-offstage { display: none !important }
+.tryon-frame { position: absolute; display: none; pointer-events: none; box-sizing: border-box; z-index: 2;
+  border: 2px dashed var(--color-accent) }
+.tryon-frame span { position: absolute; top: 2px; left: 2px; font-size: 11px; line-height: 1.3; padding: 0 4px;
+  border-radius: 3px; background: rgba(255, 255, 255, 0.85); color: #333 }
 """
 
 
 def editor_panel(defaults: TryOnOptions):
-    """The person editor and its mask controls: (person, original, auto, garment_type, grow, longer,
+    """The person editor and its mask controls: (person, original, frame, auto, garment_type, grow, longer,
     mask_blur)."""
     with gr.Column(scale=5, min_width=320):
         person = gr.ImageEditor(
@@ -51,9 +55,12 @@ def editor_panel(defaults: TryOnOptions):
             brush=gr.Brush(colors=[MASK_HEX], color_mode="fixed", default_size=28),
             eraser=gr.Eraser(default_size=28),
             placeholder="Upload a person photo, then paint the clothes to replace (or press Auto mask)")
-        # The full-size person photo when the editor holds a smaller copy (the page fills it in: app.ui)
+        # The full-size person photo when the editor holds a smaller copy (the page fills it in: app.ui), and
+        # the region the model will see, which the page frames over the photo: both out of sight
         original = gr.File(file_types=["image"], elem_id="person-original", elem_classes="tryon-offstage",
                            show_label=False, container=False)
+        frame = gr.Textbox(elem_id="model-frame", elem_classes="tryon-offstage", show_label=False,
+                           container=False, interactive=False)
         gr.Markdown("Paint over the clothes to replace, or press **Auto mask**; the brush adds, the "
                     "eraser removes. What you see is the mask the model gets.", elem_classes="hint")
         with gr.Row():
@@ -68,7 +75,7 @@ def editor_panel(defaults: TryOnOptions):
                                  info="Extends the automatic mask down by 15 % of the height")
             mask_blur = gr.Slider(0, 30, value=defaults.mask_blur, step=1, label="Edge blur (px)",
                                   info="Softens the mask's edge before the try-on")
-    return person, original, auto, garment_type, grow, longer, mask_blur
+    return person, original, frame, auto, garment_type, grow, longer, mask_blur
 
 
 def garment_panel(people: list[ExampleImage], garments: list[ExampleImage]):

@@ -9,6 +9,7 @@ never shows.
 from __future__ import annotations
 
 import html
+import json
 import queue
 import shutil
 import threading
@@ -22,10 +23,10 @@ from PIL import Image, ImageOps
 
 from app.editor import MaskEdits, is_copy_of, painted_mask, photo_digest, scaled_mask, shown_copy
 from app.errors import GenerationCancelled, ModelLoadError, TryOnInputError
-from app.imaging import crop_padded, decode_image, flatten, resize_and_crop
+from app.imaging import blur_mask, crop_padded, decode_image, flatten, resize_and_crop
 from app.masking import apply_tools
 from app.outputs import SavedResult
-from app.service import BatchItem, BusyError, TryOnOptions, TryOnService
+from app.service import BatchItem, BusyError, TryOnOptions, TryOnService, mask_region
 
 MAX_VARIATIONS = 8
 DISPLAY_SIDE = 1600  # px: the long side of the Compare and Inputs views
@@ -237,6 +238,20 @@ def build_request(service: TryOnService, session: Session, editor, garment, extr
                 labels.append(" · ".join(([f"person {p_number}"] if len(persons) > 1 else [])
                                          + ([f"garment {g_number}"] if len(garments) > 1 else [])))
     return RunRequest(items, options, person, mask, labels)
+
+
+def model_frame(session: Session, mask: Image.Image | None, blur: float, target: tuple[int, int]) -> str:
+    """The region of the photo the model will see for ``mask`` (on the photo, before the blur), as the service
+    picks it, in the editor's coordinates: JSON [left, top, right, bottom] for the page's frame ("" for
+    none: no mask, nothing painted)."""
+    photo = session.photo
+    if photo is None or mask is None or not mask.getbbox():
+        return ""
+    region = mask_region(photo.size, blur_mask(mask, blur), target)
+    view = session.view or photo.size
+    scale_x, scale_y = view[0] / photo.width, view[1] / photo.height
+    return json.dumps([round(region[0] * scale_x, 1), round(region[1] * scale_y, 1),
+                       round(region[2] * scale_x, 1), round(region[3] * scale_y, 1)])
 
 
 def progress_html(fraction: float | None, text: str, state: str = "running") -> str:

@@ -246,7 +246,7 @@ def test_a_borrowed_session_hash_reaches_nothing_of_the_owners(door):
         assert his.status_code == 200, his.text
         his_messages = messages(bob, shared_hash, {his.json()["event_id"]})
         done = next(m for m in his_messages if m.get("msg") == "process_completed")
-        assert done["output"]["data"] == [None, None]  # no photo in his session: nothing to mask
+        assert done["output"]["data"][:2] == [None, None]  # no photo in his session: nothing to mask
         assert all(m.get("event_id") in (None, his.json()["event_id"]) for m in his_messages)
         # Alice's held photo is still hers, and so is her answer.
         hers = join(alice, auto["id"], data, shared_hash)

@@ -136,6 +136,7 @@ def run_and_wait(page, volume: Path, count: int = 1) -> list[dict]:
     assert not problems and "Done" in page.locator("#progress").inner_text(), (
         problems, page.locator("#progress").inner_text())
     page.wait_for_function("() => !document.querySelector('#run').disabled", timeout=10_000)
+    assert page.locator("#run").inner_text().strip() == "Run try-on"  # ready for the next, and says so
     saved = results(volume)
     assert len(saved) == before + count, [p.name for p in saved]
     return [json.loads(p.read_text()) for p in saved[before:]]
@@ -355,6 +356,9 @@ def ready_for_a_long_run(page) -> None:
     steps = page.locator("#steps input[type=number]")
     steps.fill("100")
     steps.press("Enter")
+    page.wait_for_function("() => document.querySelector('#steps input[type=range]').value === '100'",
+                           timeout=10_000)  # the form holds it before Run is pressed
+    page.wait_for_timeout(300)
 
 
 def test_progress_stays_on_the_result_stop_ends_the_run_and_run_is_disabled_meanwhile(page, studio):
@@ -495,6 +499,48 @@ def test_a_camera_photo_is_edited_as_a_copy_and_runs_at_full_size(page, studio, 
     assert on_photo[int(0.92 * sent.shape[0])].any(), "the stroke did not reach the photo's mask"
     with Image.open(volume / meta["image"]) as result:
         assert result.size == (original.shape[1], original.shape[0])  # the result in the photo's own size
+
+
+def shown_frame(page) -> list[float] | None:
+    """The frame the editor draws over the photo, in the photo's coordinates (None: no frame shown)."""
+    return page.evaluate("""() => {
+      const frame = document.querySelector('#person .tryon-frame');
+      if (!frame || getComputedStyle(frame).display === 'none') return null;
+      const zoom = window.editor.tools.get('zoom'), box = frame.getBoundingClientRect();
+      const canvas = document.querySelector('#person .pixi-target').getBoundingClientRect();
+      const x = canvas.left + zoom.local_position.x, y = canvas.top + zoom.local_position.y, s = zoom.local_scale;
+      return [(box.left - x) / s, (box.top - y) / s, (box.right - x) / s, (box.bottom - y) / s]; }""")
+
+
+def test_the_editor_frames_the_region_the_model_sees(page, studio, tmp_path):
+    """A run frames the region the model sees (its sidecar's) over the photo; so does Auto mask before the
+    run, and the run then sees exactly that region; a stroke takes the frame away until the next."""
+    volume = studio["volume"]
+    landscape = tmp_path / "wide.png"
+    with Image.open(PERSON) as person:  # the person near the left of a wide photo, as taken
+        person = person.convert("RGB")
+        wide = Image.new("RGB", (900, 600), person.getpixel((0, 0)))
+        wide.paste(person, (30, 88))
+        wide.save(landscape)
+    put_photo(page, landscape)
+    page.locator("#garment input[type=file]").first.set_input_files(str(GARMENT))
+    page.wait_for_selector("#garment img", timeout=30_000)
+    assert shown_frame(page) is None
+    stroke(page, at=(0.25, 0.5))  # a hand-painted mask on the left: the frame comes with the run
+    [painted] = run_and_wait(page, volume)
+    region = painted["region"]
+    assert region[2] - region[0] < 900 and region[0] < 225, region  # moved left from the centre crop
+    framed = shown_frame(page)
+    assert framed is not None and max(abs(a - b) for a, b in zip(framed, region, strict=True)) <= 2, \
+        (framed, region)
+    shoot(page, "studio-1440-frame.png")
+    stroke(page, at=(0.5, 0.75))
+    assert shown_frame(page) is None, "the frame stayed after the mask changed"
+    press_auto_mask(page)
+    framed = shown_frame(page)
+    assert framed is not None, "no frame after Auto mask"
+    [auto] = run_and_wait(page, volume)
+    assert max(abs(a - b) for a, b in zip(framed, auto["region"], strict=True)) <= 2, (framed, auto["region"])
 
 
 def test_auto_mask_keeps_the_photo_visible(page, studio):
@@ -696,7 +742,7 @@ def test_the_layout_cuts_and_covers_nothing(browser, studio, viewport, tmp_path)
 
 def test_screenshots_are_committed():
     for name in ("studio-1440-first-load.png", "studio-1440-after-batch.png", "studio-1440-compare.png",
-                 "studio-390-first-load.png"):
+                 "studio-1440-frame.png", "studio-390-first-load.png"):
         path = ROOT / "docs" / name
         assert path.is_file() and path.stat().st_size > 10_000, name
         assert f"docs/{name}" in (ROOT / "README.md").read_text(), f"README does not show {name}"
