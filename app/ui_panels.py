@@ -22,12 +22,15 @@ STUDIO_CSS = """
 /* The placeholder clears the editor's tool panel (the photo does too: app.ui EDITOR_FIT_JS) */
 #person .empty.wrap { left: 52px !important; right: 8px !important; width: auto !important }
 #person .empty.wrap p { white-space: normal; text-align: center }
-/* Examples: three columns that fit the panel, every caption whole */
-#examples-person .grid-container, #examples-garment .grid-container {
+/* Thumbnails: examples and the run's strip in three columns that fit their panel, the gallery as many as
+   fit; every caption whole */
+#examples-person .grid-container, #examples-garment .grid-container, #strip .grid-container {
   grid-template-columns: repeat(3, minmax(0, 1fr)) !important }
-#examples-person .thumbnail-item, #examples-garment .thumbnail-item {
-  width: 100% !important; height: auto !important; aspect-ratio: 1 }
-#examples-person .caption-label, #examples-garment .caption-label {
+#gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(130px, 1fr)) !important }
+#examples-person .thumbnail-item, #examples-garment .thumbnail-item, #strip .thumbnail-item,
+#gallery .thumbnail-item { width: 100% !important; height: auto !important; aspect-ratio: 1 }
+#examples-person .caption-label, #examples-garment .caption-label, #strip .caption-label,
+#gallery .caption-label {
   left: 2px; right: 2px; bottom: 2px; max-width: none; white-space: normal; overflow: visible;
   text-overflow: clip; text-align: center; font-size: 11px; line-height: 1.2; padding: 1px 2px }
 /* Phones: Run, Stop and the progress line stay in reach, in a bar along the bottom of the screen */
@@ -125,7 +128,7 @@ def run_panel(defaults: TryOnOptions, sizes: dict[str, tuple[int, int]], default
             with gr.Tab("Inputs", id="inputs-tab"):
                 inputs_view = gr.Image(label="Person, mask, garment and result", type="pil",
                                        interactive=False, format="png", elem_id="inputs-view")
-        strip = gr.Gallery(label="This run", columns=4, height=180, visible=False, elem_id="strip",
+        strip = gr.Gallery(label="This run", columns=3, height=260, visible=False, elem_id="strip",
                            object_fit="contain")
         run_summary = gr.Markdown(elem_id="summary")
         with gr.Accordion("Settings", open=False, elem_id="settings"):

@@ -137,7 +137,11 @@ def person_and_mask(session: Session, editor: dict | None) -> tuple[Image.Image,
     """
     background = (editor or {}).get("background")
     if background is not None:
-        session.set_photo(flatten(background))
+        background = flatten(background)
+        if is_blank(background):  # the editor's empty canvas (it reports one while it loads): no new photo
+            background = None
+        else:
+            session.set_photo(background)
     photo = session.photo
     if photo is None:
         raise TryOnInputError("no person photo: upload one in the Person editor, or pick an example.")
@@ -145,6 +149,11 @@ def person_and_mask(session: Session, editor: dict | None) -> tuple[Image.Image,
         return photo, session.shown
     mask = painted_mask(editor, session.view or photo.size)
     return photo, (mask if mask.getbbox() else None)
+
+
+def is_blank(image: Image.Image) -> bool:
+    """One colour all over: the editor's canvas with no photo in it, never a person photo."""
+    return all(low == high for low, high in image.getextrema())
 
 
 def read_uploads(files: list | None, role: str, limit_mb: float) -> list[Image.Image]:

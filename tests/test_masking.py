@@ -308,3 +308,21 @@ def test_a_mask_on_the_copy_is_the_same_mask_on_the_original():
     back = session.to_view(on_photo)
     assert ((np.asarray(back) > 127) ^ (np.asarray(painted) > 127)).mean() < 0.001
     assert scaled_mask(painted, painted.size).tobytes() == painted.tobytes()
+
+
+def test_the_editors_empty_canvas_is_not_taken_for_a_new_photo():
+    """While it loads, the editor may report its blank canvas as the background: the held photo and the
+    mask shown on it stay (taking the canvas for an upload would forget the mask and skip a redraw)."""
+    from app.ui_run import Session, person_and_mask
+
+    session = Session()
+    photo = camera_like((300, 400))
+    session.show(photo)
+    session.shown = Image.new("L", photo.size, 0)
+    session.shown.paste(255, (50, 50, 150, 150))
+    for blank in (Image.new("RGBA", (64, 64), (0, 0, 0, 0)), Image.new("RGB", (300, 400), "white")):
+        held, mask = person_and_mask(session, {"background": blank, "layers": []})
+        assert held is photo and mask is session.shown
+    other = camera_like((300, 400), seed=3)
+    held, mask = person_and_mask(session, {"background": other, "layers": []})
+    assert held is not photo and mask is None  # a real new photo still replaces it
