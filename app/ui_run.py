@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from app.editor import MaskEdits, is_copy_of, painted_mask, photo_digest, scaled_mask, shown_copy
 from app.errors import GenerationCancelled, ModelLoadError, TryOnInputError
@@ -29,7 +29,8 @@ from app.outputs import SavedResult
 from app.service import BatchItem, BusyError, TryOnOptions, TryOnService, mask_region
 
 MAX_VARIATIONS = 8
-DISPLAY_SIDE = 1600  # px: the long side of the Compare and Inputs views
+DISPLAY_SIDE = 1200  # px: the long side of the Compare view (shown about 460 px tall: sharp on a 2x screen)
+TILE_SIDE = 768  # px: the long side of each picture in the Inputs view (four side by side)
 USER_ERRORS = (TryOnInputError, BusyError, ModelLoadError)
 
 
@@ -350,10 +351,9 @@ def compare_pair(person: Image.Image, result: Image.Image,
 
 def inputs_strip(person: Image.Image, mask: Image.Image, garment: Image.Image, result: Image.Image) -> Image.Image:
     """Person, mask, garment and result side by side: what went into the model and what came out."""
-    result = for_display(result.convert("RGB"))
+    result = for_display(result.convert("RGB"), TILE_SIDE)
     height = result.height
-    tiles = [ImageOps.contain(image.convert("RGB"), (result.width, height))
-             for image in (person, mask, garment)] + [result]
+    tiles = [fitted(image.convert("RGB"), (result.width, height)) for image in (person, mask, garment)] + [result]
     canvas = Image.new("RGB", (sum(t.width for t in tiles) + 8 * 3, height), "white")
     x = 0
     for tile in tiles:
@@ -362,11 +362,17 @@ def inputs_strip(person: Image.Image, mask: Image.Image, garment: Image.Image, r
     return canvas
 
 
-def for_display(image: Image.Image) -> Image.Image:
-    """A view of ``image`` within DISPLAY_SIDE px: a camera photo's views encode in a fraction of the time."""
-    if max(image.size) <= DISPLAY_SIDE:
-        return image
-    return ImageOps.contain(image, (DISPLAY_SIDE, DISPLAY_SIDE), Image.LANCZOS)
+def for_display(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:
+    """A view of ``image`` within ``side`` px: a camera photo's views are made and encoded in a fraction of
+    the time."""
+    return image if max(image.size) <= side else fitted(image, (side, side))
+
+
+def fitted(image: Image.Image, box: tuple[int, int]) -> Image.Image:
+    """``image`` scaled to fit ``box``, its proportions kept (a large one reduced in steps, then resampled)."""
+    scale = min(box[0] / image.width, box[1] / image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image if size == image.size else image.resize(size, Image.LANCZOS, reducing_gap=2.0)
 
 
 def page_copy(result: SavedResult, cache_dir: str | Path) -> str:
