@@ -72,6 +72,8 @@ class Session:
             return False
         original = self.original
         photo = original if original is not None and is_copy_of(original, shown) else shown
+        if photo is shown:
+            self.original = None  # an earlier photo's: not held on (its own may still come, for a copy)
         self.hold(photo, shown, digest)
         return True
 

@@ -286,7 +286,9 @@ def test_a_larger_photo_is_edited_as_a_copy_and_the_original_runs_whichever_arri
     stale = Session()  # an original of another photo never replaces the one in the editor
     stale.take_original(camera_like(seed=1))
     stale.set_photo(as_the_page_scales)
-    assert stale.photo is as_the_page_scales
+    assert stale.photo is as_the_page_scales and stale.original is None  # not held on to
+    stale.take_original(original)  # this photo's own, arriving after
+    assert stale.photo is original
 
 
 def test_a_mask_on_the_copy_is_the_same_mask_on_the_original():
