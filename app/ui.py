@@ -178,8 +178,12 @@ PERSON_INTAKE_JS = """() => {
     bitmap.close();
     const copy = await new Promise((done) => canvas.toBlob(done, 'image/png'));
     const hidden = document.querySelector('#person-original input[type=file]');
-    if (hidden) {
-      window.tryonOriginal = new Promise((done) => { window.tryonOriginalArrived = done; });
+    if (hidden) {  // whoever waits on an earlier photo's original waits no more; nobody waits for ever
+      if (window.tryonOriginalArrived) window.tryonOriginalArrived();
+      window.tryonOriginal = new Promise((done) => {
+        window.tryonOriginalArrived = done;
+        setTimeout(done, 120000);  // an upload that never arrived: the editor's copy runs
+      });
       hand(hidden, file, false);
     }
     hand(input, new File([copy], file.name.replace(/[.][^.]*$/, '') + '.png', {type: 'image/png'}), true);
