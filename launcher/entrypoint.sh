@@ -216,7 +216,9 @@ wait_or_lock() {
     waited=$(($(uptime_s) - started))
     if [ $((waited - last_report)) -ge 10 ]; then
       last_report=$waited
-      if [ "$WATCH_QUIET" -ge 10 ]; then
+      if lock_is_malformed "$LOCK"; then
+        log "no runtime $KEY yet, and ${LOCK##*/} is a stray file, not a lock folder: it is removed once nothing has changed it for ${LOCK_STALE_S} s (${WATCH_QUIET} s so far)"
+      elif [ "$WATCH_QUIET" -ge 10 ]; then
         log "waiting for $(describe_owner "$LOCK") to build runtime $KEY: ${waited} s so far; its heartbeat has not moved for ${WATCH_QUIET} s, so it is taken over at ${LOCK_STALE_S} s"
       else
         log "waiting for $(describe_owner "$LOCK") to build runtime $KEY: ${waited} s so far; its heartbeat moved ${WATCH_QUIET} s ago"
@@ -350,7 +352,9 @@ stage_app() {
 
 plan() {
   local action heartbeat="no build lock" free
-  if [ -d "$LOCK" ]; then
+  if lock_is_malformed "$LOCK"; then
+    heartbeat="none: $LOCK is a stray file, not a lock folder; a worker that finds no runtime removes it after ${LOCK_STALE_S} s and builds"
+  elif [ -d "$LOCK" ]; then
     local token age
     token=$(owner_field "$LOCK" token)
     age=$(( $(date +%s) - $(stat -c %Y "$BUILDS/${token:-none}/heartbeat" 2>/dev/null || stat -c %Y "$LOCK") ))
@@ -358,6 +362,7 @@ plan() {
   fi
   if runtime_has_key "$RUNTIME"; then action="start warm (runtime $KEY already at $RUNTIME)"
   elif [ "$ENV_MODE" = archive ] && find_published; then action="unpack build $(manifest_value "$USE_MANIFEST" build) to $RUNTIME"
+  elif lock_is_malformed "$LOCK"; then action="remove the stray ${LOCK##*/} after ${LOCK_STALE_S} s, then build runtime $KEY"
   elif [ -d "$LOCK" ]; then action="wait for the build in progress, or take it over when its heartbeat stops"
   elif [ "$ENV_MODE" = archive ]; then action="build runtime $KEY in $RUNTIME and publish it in $KEY_DIR"
   else action="build runtime $KEY and publish it at $RUNTIME"

@@ -189,6 +189,55 @@ def test_plan_names_the_lock_holder_its_heartbeat_and_when_it_is_taken_over(volu
     assert "would:        wait for the build in progress" in plan.stdout
 
 
+def test_a_stray_lock_file_is_removed_by_its_age_and_the_build_goes_on(volume, requirements, tmp_path):
+    """A 0-byte file named .lock (not a lock folder) on an empty volume: no builder can hold it or beat for
+    it, so it is judged by its age like a dead lock, removed, and the build goes on; --plan says so."""
+    look = launch(volume, tmp_path / "look", requirements, "--plan")
+    key = next(line.split()[-1] for line in look.stdout.splitlines() if line.startswith("key:"))
+    stray = volume / "envs" / key / ".lock"
+    stray.parent.mkdir(parents=True)
+    stray.touch()
+    plan = launch(volume, tmp_path / "look", requirements, "--plan", TRYON_LOCK_STALE_S=str(STALE))
+    assert plan.returncode == 0, plan.stderr
+    assert ".lock is a stray file, not a lock folder" in plan.stdout and "no build lock" not in plan.stdout
+    assert "would:        remove the stray .lock" in plan.stdout
+    began = time.monotonic()
+    worker = launch(volume, tmp_path / "worker", requirements, TRYON_LOCK_STALE_S=str(STALE),
+                    TRYON_BUILD_WAIT_S="60")
+    assert worker.returncode == 0, worker.stderr
+    assert "removed a stray .lock that was not a lock folder" in worker.stderr
+    assert "gave up" not in worker.stderr and time.monotonic() - began < 60
+    check_published(volume)
+    assert leftovers(volume) == []
+
+
+def test_a_stray_or_dead_foreign_lock_next_to_a_published_build_is_cleaned_up(volume, requirements, tmp_path):
+    """A worker that restores still tidies the lock's place: a stray .lock file, and the lock of another
+    build whose heartbeat stopped long ago (judged by the volume's clock, at twice the stale limit)."""
+    assert launch(volume, tmp_path / "first", requirements).returncode == 0
+    [key] = key_dirs(volume)
+    long_ago = time.time() - 600
+    stray = key / ".lock"
+    stray.touch()
+    os.utime(stray, (long_ago, long_ago))
+    second = launch(volume, tmp_path / "second", requirements, TRYON_LOCK_STALE_S=str(STALE))
+    assert second.returncode == 0, second.stderr
+    assert "removed a stray .lock next to the published build" in second.stderr
+    assert leftovers(volume) == []
+
+    lock, builds = key / ".lock", key / ".builds" / "deadbeef"
+    lock.mkdir()
+    (lock / "owner").write_text("token=deadbeef\nhost=elsewhere\npid=1\nstarted=2026-12-01T00:00:00Z\n")
+    builds.mkdir(parents=True)
+    (builds / "heartbeat").write_text("7\n")
+    for path in (lock / "owner", lock, builds / "heartbeat", builds):
+        os.utime(path, (long_ago, long_ago))
+    third = launch(volume, tmp_path / "third", requirements, TRYON_LOCK_STALE_S=str(STALE))
+    assert third.returncode == 0, third.stderr
+    assert "removed the lock of build deadbeef: its builder stopped" in third.stderr
+    assert leftovers(volume) == []
+
+
 def doctor(volume: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "app", "doctor", "--volume", str(volume)], capture_output=True,
                           text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])

@@ -35,6 +35,7 @@ lock_init() {
 owner_field() { { sed -n "s/^$2=//p" "$1/owner" 2>/dev/null || true; } | head -n1; }
 describe_owner() {
   local folder=$1 token
+  if lock_is_malformed "$folder"; then printf 'nobody (%s is a stray file, not a lock folder)' "${folder##*/}"; return; fi
   token=$(owner_field "$folder" token)
   [ -n "$token" ] || { printf 'a builder that has not written its name yet'; return; }
   printf 'build %s (host %s, pid %s, since %s)' "$token" "$(owner_field "$folder" host)" \
@@ -77,6 +78,23 @@ try_lock() {
     > "$LOCK/owner.tmp" && mv -f "$LOCK/owner.tmp" "$LOCK/owner"
   HOLDING=1
   return 0
+}
+
+# A lock that no builder can hold: something other than a real folder at its name (a 0-byte file left by
+# a tool or a copy, a link). Nobody beats for it; waiters judge it by their own clock, like a dead lock.
+lock_is_malformed() { { [ -e "$1" ] || [ -L "$1" ]; } && { [ -L "$1" ] || [ ! -d "$1" ]; }; }
+
+# Move a malformed lock aside and delete it, unless a real lock took its place in the meantime (then
+# that one is put back): of several workers acting at once exactly one rename succeeds.
+remove_malformed_lock() {
+  local aside="$KEY_DIR/.lock.malformed.$BUILD_ID"
+  rm -rf "$aside"
+  mv -T "$LOCK" "$aside" 2>/dev/null || return 1
+  if [ -d "$aside" ] && [ ! -L "$aside" ]; then
+    mv -T "$aside" "$LOCK" 2>/dev/null || rm -rf "$aside"
+    return 1
+  fi
+  rm -f "$aside"
 }
 
 lock_is_mine() { [ "$(owner_field "$LOCK" token)" = "$BUILD_ID" ]; }
@@ -135,6 +153,10 @@ watch_lock() {
 take_over_lock() {
   local token=$WATCH_TOKEN aside who
   WATCH_TOKEN="unset"
+  if lock_is_malformed "$LOCK"; then
+    remove_malformed_lock && log "removed a stray ${LOCK##*/} that was not a lock folder (nothing changed it for ${WATCH_QUIET} s, TRYON_LOCK_STALE_S=$LOCK_STALE_S): taking the lock"
+    return 0
+  fi
   [ "$(owner_field "$LOCK" token)" = "$token" ] || return 0
   who=$(describe_owner "$LOCK")
   mkdir "$LOCK/claim-${token:-unnamed}" 2>/dev/null || return 0
@@ -173,21 +195,35 @@ sweep_dead_builds() {
   return 0
 }
 
-# What a worker that restored (and so never waits) can still clean: the lock of a build that the
-# manifest already names (its builder died between publishing and releasing), dead build folders and
-# lock folders moved aside by a killed takeover. Ages are read on the volume's own clock (the mtime
+# What a worker that restored (and so never waits) can still clean: a lock whose builder stopped (the
+# build the manifest names, dead between publishing and releasing, or another), a stray file at the
+# lock's name, dead build folders and lock folders moved aside by a killed takeover. Ages are read on the volume's own clock (the mtime
 # of a file just written there), never this machine's, and judged at twice the stale limit.
 sweep_leftovers() {
-  local published_build=$1 fs_now limit folder token
+  local published_build=$1 fs_now limit folder token beat
   touch "$KEY_DIR/.clock.$BUILD_ID" 2>/dev/null || return 0
   fs_now=$(stat -c %Y "$KEY_DIR/.clock.$BUILD_ID")
   rm -f "$KEY_DIR/.clock.$BUILD_ID"
   limit=$((2 * LOCK_STALE_S))
   quiet_for() { echo $((fs_now - $(stat -c %Y "$1" 2>/dev/null || echo "$fs_now"))); }
+  if lock_is_malformed "$LOCK" && [ "$(quiet_for "$LOCK")" -ge "$limit" ]; then
+    remove_malformed_lock && log "removed a stray ${LOCK##*/} next to the published build: it was not a lock folder"
+  fi
   token=$(owner_field "$LOCK" token)
-  if [ -n "$token" ] && [ "$token" = "$published_build" ] && [ "$(quiet_for "$BUILDS/$token/heartbeat")" -ge "$limit" ]; then
-    WATCH_TOKEN=$token WATCH_QUIET=$(quiet_for "$BUILDS/$token/heartbeat")
-    take_over_lock >/dev/null 2>&1 && log "removed the lock of build $token: it published, then stopped before releasing it"
+  if [ -d "$LOCK" ] && ! lock_is_malformed "$LOCK"; then  # a lock whose builder is gone, next to a runtime
+    beat=$BUILDS/${token:-none}/heartbeat
+    [ -f "$beat" ] || beat=$LOCK
+    if [ "$(quiet_for "$beat")" -ge "$limit" ]; then
+      WATCH_TOKEN=$token WATCH_QUIET=$(quiet_for "$beat")
+      take_over_lock >/dev/null 2>&1
+      if [ "$(owner_field "$LOCK" token)" != "$token" ] || [ ! -d "$LOCK" ]; then
+        if [ "$token" = "$published_build" ]; then
+          log "removed the lock of build $token: it published, then stopped before releasing it"
+        else
+          log "removed the lock of build ${token:-(unnamed)}: its builder stopped (no heartbeat for ${WATCH_QUIET} s) and build $published_build is published"
+        fi
+      fi
+    fi
   fi
   for folder in "$BUILDS"/*/ "$KEY_DIR"/.lock.*/; do
     [ -d "$folder" ] || continue
