@@ -230,6 +230,8 @@ wait_or_lock() {
   done
 }
 
+stderr_to() { local file=$1; shift; "$@" 2> "$file"; }
+
 build_runtime() {
   local started target=$1 final=$2
   started=$(now)
@@ -240,11 +242,19 @@ build_runtime() {
   mkdir -p "$target" || die "cannot create $target (phase: build): set TRYON_LOCAL_DIR to a writable local folder"
   export UV_CACHE_DIR=${UV_CACHE_DIR:-$LOCAL_DIR/uv-cache} UV_LINK_MODE=copy UV_PYTHON_INSTALL_DIR=$target/python
   local venv_args=(--relocatable --python "$PYTHON_SPEC")
+  # A step that fails after a takeover removed this build's folder (volume mode) sets BUILD_LOST: the
+  # caller drops the build. (Returning 0 keeps `set -e` in force in here.)
   if [ "$PYTHON_MANAGED" = 1 ]; then
-    beating python_install "$UV" "$VOLUME" "$PYTHON_SPEC" "$target/python" || die "no Python $PYTHON_SPEC for the runtime (phase: build); see the line above"
+    if ! beating python_install "$UV" "$VOLUME" "$PYTHON_SPEC" "$target/python"; then
+      lost_lock && { BUILD_LOST=1; return 0; }
+      die "no Python $PYTHON_SPEC for the runtime (phase: build); see the line above"
+    fi
     venv_args+=(--managed-python)
   fi
-  beating "$UV" venv --quiet "${venv_args[@]}" "$target/venv" || die "uv venv failed (phase: build, path: $target/venv)"
+  if ! beating "$UV" venv --quiet "${venv_args[@]}" "$target/venv"; then
+    lost_lock && { BUILD_LOST=1; return 0; }
+    die "uv venv failed (phase: build, path: $target/venv)"
+  fi
   failpoint venv-built
   local install_args=(--python "$target/venv/bin/python" --compile-bytecode -r "$REQUIREMENTS")
   [ "$BACKEND" = none ] || install_args+=(--torch-backend "$BACKEND")
@@ -252,8 +262,18 @@ build_runtime() {
     log "using $VOLUME/wheels as an extra wheel source"
     install_args+=(--find-links "$VOLUME/wheels")
   fi
-  beating "$UV" pip install "${install_args[@]}" \
-    || die "installing $REQUIREMENTS failed (phase: build, path: $target/venv); see uv's message above"
+  # uv's messages are held until it ends: after a takeover they are about a folder that is gone, not news.
+  local said
+  said=$(mktemp)
+  if ! beating stderr_to "$said" "$UV" pip install "${install_args[@]}"; then
+    if lost_lock; then rm -f "$said"; BUILD_LOST=1; return 0; fi
+    cat "$said" >&2
+    rm -f "$said"
+    die "installing $REQUIREMENTS failed (phase: build, path: $target/venv); see uv's message above"
+  fi
+  cat "$said" >&2
+  rm -f "$said"
+  if lost_lock; then BUILD_LOST=1; return 0; fi
   # Where it was built, so a copy elsewhere can be pointed at its own interpreter (relocate_runtime).
   printf '%s\n' "$target" > "$target/venv/.tryon-runtime-root"
   relocate_runtime "$target" "$final"
@@ -299,7 +319,9 @@ ready_runtime() {
     if published; then release_lock; continue; fi
     note_builds
     if [ "$ENV_MODE" = volume ]; then
+      BUILD_LOST=0
       build_runtime "$BUILD_DIR/runtime" "$RUNTIME"
+      if [ "$BUILD_LOST" = 1 ]; then release_lock; continue; fi  # start on theirs, or wait for it
       publish_in_place
     else
       build_runtime "$RUNTIME" "$RUNTIME"

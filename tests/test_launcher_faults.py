@@ -358,6 +358,31 @@ def test_volume_mode_keeps_one_venv_per_key_under_running_workers(volume, requir
     assert {run["probe"] for run in started(volume)} == {"1.0", "2.0"}
 
 
+@pytest.mark.parametrize("phase", ["locked", "venv-built", "installed"])
+def test_volume_mode_a_builder_woken_after_a_takeover_starts_on_the_published_runtime(volume, requirements, tmp_path,
+                                                                                      phase):
+    """Volume mode builds on the volume, in the build's own folder, which a takeover removes. A builder
+    frozen past the stale limit (here: before, during or after its install) wakes to find it gone: it
+    starts on the runtime the other worker published, as in archive mode, with no raw tool errors."""
+    volume_mode = {"TRYON_ENV_MODE": "volume", "TRYON_LOCK_STALE_S": str(STALE)}
+    builder = Worker(volume, tmp_path / "builder", requirements, "builder",
+                     TRYON_FAILPOINTS=f"{phase}=pause:{3 * STALE}", **volume_mode)
+    builder.wait_for(f"failpoint {phase}")
+    other = Worker(volume, tmp_path / "other", requirements, "other", **volume_mode)
+    assert other.finish()[0] == 0, other.log
+    assert "took over the build lock" in other.log
+    code, _ = builder.finish()
+    assert code == 0, builder.log
+    assert "lost its lock" in builder.log or "another build published" in builder.log, builder.log
+    for raw in ("sed:", "can't read", "No such file", "error:"):
+        assert raw not in builder.log, builder.log
+    [key] = key_dirs(volume)
+    published = volume / "venvs" / key.name / "venv" / "bin" / "python"
+    assert {run["args"][0]: run["exe"] for run in started(volume)} == {"other": str(published),
+                                                                        "builder": str(published)}
+    assert all(run["probe"] == "1.0" for run in started(volume))
+
+
 def bind_read_only(source: Path, target: Path) -> bool:
     target.mkdir()
     if subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True).returncode:

@@ -44,7 +44,8 @@ describe_owner() {
 
 heartbeat_now() {
   BEAT=$((BEAT + 1))
-  printf '%s\n' "$BEAT" > "$BUILD_DIR/heartbeat.tmp" 2>/dev/null \
+  # (the braces: a redirection that fails is reported before a 2>/dev/null on the same command applies)
+  { printf '%s\n' "$BEAT" > "$BUILD_DIR/heartbeat.tmp"; } 2>/dev/null \
     && mv -f "$BUILD_DIR/heartbeat.tmp" "$BUILD_DIR/heartbeat" 2>/dev/null
   return 0
 }
@@ -98,6 +99,13 @@ remove_malformed_lock() {
 }
 
 lock_is_mine() { [ "$(owner_field "$LOCK" token)" = "$BUILD_ID" ]; }
+
+# Volume mode builds in the build's own folder on the volume, which a takeover removes: a build step that
+# fails because this build was stalled past the stale limit and taken over is no error. Says so.
+lost_lock() {
+  [ "$ENV_MODE" = volume ] && [ "$HOLDING" = 1 ] && ! lock_is_mine || return 1
+  log "this build lost its lock while it was stalled (another worker took over and removed its files): dropping it, using what that worker builds"
+}
 
 # Move a lock folder aside, atomically, only if it still carries the token we expect. Of several
 # workers acting at once exactly one rename succeeds; a rename that caught a newer lock puts it back.
