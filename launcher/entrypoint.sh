@@ -300,7 +300,10 @@ answer_health() { [ "$MODE" != run ] || health_start "$1"; }
 # The runtime for this key, ready at $RUNTIME: warm, unpacked, waited for, or built here.
 ready_runtime() {
   if runtime_has_key "$RUNTIME" && { [ "$MODE" != build ] || [ "$ENV_MODE" = volume ] || find_published; }; then
-    if [ "$MODE" = build ]; then log "runtime $KEY is already published"; else log "runtime $KEY already on local disk (warm start)"; fi
+    if [ "$MODE" = build ]; then log "runtime $KEY is already published"
+    elif [ "$ENV_MODE" = volume ]; then log "runtime $KEY already on the volume at $RUNTIME (warm start)"
+    else log "runtime $KEY already on local disk (warm start)"
+    fi
     return
   fi
   for _ in 1 2 3; do
@@ -333,6 +336,9 @@ ready_runtime() {
     release_lock
     return
   done
+  if [ "$VOLUME_WRITABLE" = 0 ]; then
+    die "runtime $KEY failed its check three times in a row (phase: unpack) and volume $VOLUME is read-only here, so the damaged build could not be replaced: publish it again from a machine that can write the volume (just build-runtime), or check the volume's health"
+  fi
   die "runtime $KEY failed its check three times in a row (phase: unpack); the damaged copies are in $KEY_DIR/*.bad: check the volume's health"
 }
 

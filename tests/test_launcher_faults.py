@@ -405,6 +405,32 @@ def test_a_read_only_volume_with_a_published_runtime_still_starts(volume, requir
     assert "starting the app" in done.stderr and "Read-only file system" in done.stderr, done.stderr
 
 
+def test_a_damaged_build_on_a_read_only_volume_is_reported_as_it_is(volume, requirements, tmp_path):
+    """Nothing can be moved aside on a read-only volume: the log never says it was, and the launcher stops
+    with what to do, after three tries."""
+    assert launch(volume, tmp_path / "builder", requirements).returncode == 0
+    [key] = key_dirs(volume)
+    flip_a_byte(key / max(manifest(key)["parts"], key=lambda name: manifest(key)["parts"][name][0]))
+    readonly = tmp_path / "ro"
+    if not bind_read_only(volume, readonly):
+        pytest.skip("a read-only bind mount needs root")
+    try:
+        done = launch(readonly, tmp_path / "reader", requirements, "reader")
+    finally:
+        subprocess.run(["umount", str(readonly)], check=True)
+    assert done.returncode != 0
+    assert "moved aside as" not in done.stderr and "rebuilding" not in done.stderr, done.stderr
+    assert done.stderr.count("nothing was moved aside (the volume cannot be written here)") == 3, done.stderr
+    assert "is read-only here, so the damaged build could not be replaced" in done.stderr
+
+
+def test_volume_mode_says_where_a_warm_runtime_is(volume, requirements, tmp_path):
+    assert launch(volume, tmp_path / "first", requirements, TRYON_ENV_MODE="volume").returncode == 0
+    again = launch(volume, tmp_path / "second", requirements, TRYON_ENV_MODE="volume")
+    assert again.returncode == 0, again.stderr
+    assert "already on the volume at" in again.stderr and "local disk" not in again.stderr
+
+
 def test_a_local_folder_that_cannot_be_written_is_named(volume, requirements, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -202,10 +202,10 @@ manifest_bytes_on_volume() { manifest_parts "$1" | awk '{ s += $2 } END { print 
 
 # Move a damaged build aside (kept for inspection) and unname it, so the next step rebuilds it.
 mark_bad() {
-  local build=$1 why=$2 file count aside
+  local build=$1 why=$2 file count aside moved=0
   for file in "$KEY_DIR/$build".*; do
     [ -e "$file" ] && [[ "$file" != *.bad ]] || continue
-    mv -f "$file" "$file.bad" 2>/dev/null || true
+    if mv -f "$file" "$file.bad" 2>/dev/null; then moved=$((moved + 1)); fi
   done
   # Unname it, unless a newer build was named meanwhile (move aside, check, put back if not ours).
   if [ "$(manifest_value "$MANIFEST" build)" = "$build" ]; then
@@ -213,6 +213,11 @@ mark_bad() {
     if mv -T "$MANIFEST" "$aside" 2>/dev/null; then
       if [ "$(manifest_value "$aside" build)" = "$build" ]; then rm -f "$aside"; else mv -n -T "$aside" "$MANIFEST" 2>/dev/null || rm -f "$aside"; fi
     fi
+  fi
+  if [ "$moved" = 0 ] && [ "$(manifest_value "$MANIFEST" build)" = "$build" ]; then
+    # Nothing moved, the manifest still names it: a read-only volume. Say what happened, not what could not.
+    log "build $build of runtime $KEY failed its check ($why); nothing was moved aside (the volume cannot be written here), so it is still the published build: trying it again"
+    return 0
   fi
   count=$(find "$KEY_DIR" -maxdepth 1 -name '*.manifest.bad' 2>/dev/null | wc -l) || true
   log "build $build of runtime $KEY failed its check ($why): moved aside as $KEY_DIR/$build.*.bad ($count damaged so far for this key); rebuilding it"
