@@ -391,15 +391,20 @@ def bind_read_only(source: Path, target: Path) -> bool:
     return True
 
 
-def test_a_read_only_volume_with_a_published_runtime_still_starts(volume, requirements, tmp_path):
-    assert launch(volume, tmp_path / "builder", requirements).returncode == 0
+def launch_read_only(volume: Path, requirements: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """A worker ("reader") on a read-only view of the volume (skips the test where that needs root)."""
     readonly = tmp_path / "ro"
     if not bind_read_only(volume, readonly):
         pytest.skip("a read-only bind mount needs root")
     try:
-        done = launch(readonly, tmp_path / "reader", requirements, "reader")
+        return launch(readonly, tmp_path / "reader", requirements, "reader")
     finally:
         subprocess.run(["umount", str(readonly)], check=True)
+
+
+def test_a_read_only_volume_with_a_published_runtime_still_starts(volume, requirements, tmp_path):
+    assert launch(volume, tmp_path / "builder", requirements).returncode == 0
+    done = launch_read_only(volume, requirements, tmp_path)
     assert "read-only" in done.stderr and "restored from build" in done.stderr
     # The launcher reached the app (whose stand-in then fails to record itself on the read-only volume).
     assert "starting the app" in done.stderr and "Read-only file system" in done.stderr, done.stderr
@@ -411,13 +416,7 @@ def test_a_damaged_build_on_a_read_only_volume_is_reported_as_it_is(volume, requ
     assert launch(volume, tmp_path / "builder", requirements).returncode == 0
     [key] = key_dirs(volume)
     flip_a_byte(key / max(manifest(key)["parts"], key=lambda name: manifest(key)["parts"][name][0]))
-    readonly = tmp_path / "ro"
-    if not bind_read_only(volume, readonly):
-        pytest.skip("a read-only bind mount needs root")
-    try:
-        done = launch(readonly, tmp_path / "reader", requirements, "reader")
-    finally:
-        subprocess.run(["umount", str(readonly)], check=True)
+    done = launch_read_only(volume, requirements, tmp_path)
     assert done.returncode != 0
     assert "moved aside as" not in done.stderr and "rebuilding" not in done.stderr, done.stderr
     assert done.stderr.count("nothing was moved aside (the volume cannot be written here)") == 3, done.stderr
