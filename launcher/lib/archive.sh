@@ -4,12 +4,28 @@
 # One `tar | zstd` stream unpacks on one core: zstd decompression and tar's file creation, not the
 # read, bound a restore (a 2 GB runtime of 69k files: 0.2 s to read its 478 MiB, 3-9 s to unpack). So
 # the files are spread over PARTS archives balanced by bytes (largest first onto the lightest part),
-# every part is compressed and unpacked on its own core, and each part's sha256 is computed on the
-# bytes as they stream past, so checking costs no second read. Part 00 holds every directory and
-# nothing else: it is unpacked first, so the tars that run at once never race each other making the
-# same parent directories (GNU tar then fails a file now and then: "Cannot open: No such file").
+# and every part is unpacked on its own core. Part 00 holds every directory and nothing else: it is
+# unpacked first, so the tars that run at once never race each other making the same parent
+# directories (GNU tar then fails a file now and then: "Cannot open: No such file").
 #
-# Only bash, coreutils, find, GNU tar and zstd: the launcher image has no Python.
+# Checking costs no extra pass: every part is one zstd frame with its content checksum (XXH64 of what
+# was packed), which `zstd -d` verifies as it decompresses, so a flipped or missing byte fails the
+# unpack. The sha256 of each part, recorded at packing, is read again only when an unpack failed, to
+# tell a damaged part from a fault of this machine (store.sh). Hashing every part as it streamed past
+# cost more CPU than decompressing it (coreutils' sha256sum: 1.2 s per 300 MB here) and made the
+# parallel restore slower than one plain `zstd -d | tar -x` of the same parts on 2 cores.
+#
+# Only bash, coreutils, find, GNU tar and zstd (openssl when present): the launcher image has no Python.
+
+# The sha256 of stdin as 64 hex digits: OpenSSL's (SHA extensions: 5x faster here) where the image has
+# it (ca-certificates brings it), else coreutils'.
+sha256_stream() {
+  if command -v openssl >/dev/null 2>&1; then
+    openssl dgst -sha256 -r | cut -c1-64
+  else
+    sha256sum | cut -c1-64
+  fi
+}
 
 # archive_pack SRC_DIR OUT_DIR PARTS
 # Writes OUT_DIR/part-00.tar.zst (the directories) and part-01 .. part-PARTS (the files, balanced);
@@ -45,7 +61,7 @@ archive_pack() {
       set -o pipefail
       name=$(printf 'part-%02d.tar.zst' "$i")
       tar -C "$src" --null --no-recursion -T "$lists/$i" -cf - \
-        | zstd -q -T0 -3 -c | tee "$out/$name" | sha256sum | cut -c1-64 > "$lists/$i.sha"
+        | zstd -q -T0 -3 --check -c | tee "$out/$name" | sha256_stream > "$lists/$i.sha"
     ) &
     pids[i]=$!
   done
@@ -66,15 +82,14 @@ archive_pack() {
   rm -rf "$lists"
 }
 
-# archive_unpack DEST_DIR JOBS SUMS_FILE PART...
-# Extracts the first part (the directories) alone, then the others into DEST_DIR, JOBS at once, appending "<part file name> <sha256 of the bytes
-# read>" to SUMS_FILE. Fails if any part fails to read, decompress or extract (the caller tells a
-# damaged archive from a full disk by comparing the sums with the manifest).
+# archive_unpack DEST_DIR JOBS PART...
+# Extracts the first part (the directories) alone, then the others into DEST_DIR, JOBS at once. Fails,
+# naming the part, if any part fails to read, decompress (zstd's checksum included) or extract; the
+# caller tells a damaged archive from a full disk by hashing the parts against the manifest.
 archive_unpack() {
-  local dest=$1 jobs=$2 sums=$3 part pids=() pid alive status=0
-  shift 3
-  archive_unpack_one "$dest" "$sums" "$1" &
-  wait $! || return 1
+  local dest=$1 jobs=$2 part pids=() pid alive status=0
+  shift 2
+  archive_unpack_one "$dest" "$1" || return 1
   shift
   for part in "$@"; do
     while true; do  # at most JOBS at once
@@ -83,26 +98,17 @@ archive_unpack() {
       [ "$alive" -ge "$jobs" ] || break
       wait -n "${pids[@]}" 2>/dev/null || true
     done
-    archive_unpack_one "$dest" "$sums" "$part" &
+    archive_unpack_one "$dest" "$part" &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid" || status=1; done
   return "$status"
 }
 
-# Runs in the background (its own subshell), so its shell options stay its own.
 archive_unpack_one() {
-  local dest=$1 sums=$2 part=$3 fifo hasher status=0
-  set -o pipefail
-  fifo=$(mktemp -u "$dest/.sha.XXXXXX")
-  mkfifo "$fifo" || return 1
-  sha256sum < "$fifo" > "$fifo.out" &
-  hasher=$!
-  # The hash is of the bytes tar was fed, read once from the volume.
-  tee "$fifo" < "$part" | zstd -q -d -c | tar -C "$dest" -xf - || status=$?
-  wait "$hasher" || status=1
-  printf '%s %s\n' "$(basename "$part")" "$(cut -c1-64 "$fifo.out")" >> "$sums"
-  rm -f "$fifo" "$fifo.out"
-  [ "$status" = 0 ] || echo "archive_unpack: $(basename "$part") failed to read, decompress or extract" >&2
-  return "$status"
+  local dest=$1 part=$2
+  if ! (set -o pipefail; zstd -q -d -c -- "$part" | tar -C "$dest" -xf -); then
+    echo "archive_unpack: $(basename "$part") failed to read, decompress or extract" >&2
+    return 1
+  fi
 }

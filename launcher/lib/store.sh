@@ -147,7 +147,7 @@ relocate_runtime() {
 # Unpack the build that USE_MANIFEST names into $RUNTIME. Returns 1 (after moving it aside) when the
 # archive is damaged; dies when the fault is on this machine (local disk full, not writable).
 restore_runtime() {
-  local started manifest=$USE_MANIFEST build tmp sums parts=() name size sha bytes free jobs status=0 bad=""
+  local started manifest=$USE_MANIFEST build tmp parts=() name size sha bytes free jobs status=0 bad=""
   started=$(now)
   build=$(manifest_value "$manifest" build)
   # Copy the manifest first: a newer build may replace it while we read.
@@ -158,32 +158,42 @@ restore_runtime() {
     rm -f "$LOCAL_DIR/.manifest.$$"
     die "the local disk has $(mib "$free") free in $LOCAL_DIR but runtime $KEY needs $(mib "$bytes") unpacked: give the container more disk (RunPod: container disk) or set TRYON_LOCAL_DIR to a larger local folder"
   fi
-  while read -r name size sha; do parts+=("$KEY_DIR/$name"); done < <(manifest_parts "$manifest")
+  # A part missing or of another size than its manifest says is damaged: no need to unpack to know.
+  while read -r name size sha; do
+    parts+=("$KEY_DIR/$name")
+    [ "$(stat -c %s "$KEY_DIR/$name" 2>/dev/null)" = "$size" ] || bad="$bad $name"
+  done < <(manifest_parts "$manifest")
   tmp=$RUNTIME.unpack.$$
-  sums=$LOCAL_DIR/.sums.$$
   rm -rf "$tmp"
   mkdir -p "$tmp" || die "cannot create $tmp (phase: unpack): is $LOCAL_DIR writable? set TRYON_LOCAL_DIR to a writable local folder"
+  # One part per core: each part is a zstd | tar pair, and with one core this is the plain sequential pipeline.
   jobs=$(nproc 2>/dev/null || echo 4)
-  log "unpacking build $build ($(manifest_value "$manifest" files) files, $(mib "${bytes:-0}"); ${#parts[@]} parts, $jobs at once) to $RUNTIME"
-  : > "$sums"
-  archive_unpack "$tmp" "$jobs" "$sums" "${parts[@]}" || status=$?
-  failpoint unpacking
-  # Which part, if any, read differently from what the manifest says? Re-hash on failure, so a fault
-  # of this machine (disk full) is told apart from a damaged archive, and a flaky read from both.
-  while read -r name size sha; do
-    if [ "$status" = 0 ] && [ "$(awk -v n="$name" '$1 == n { print $2 }' "$sums")" = "$sha" ]; then continue; fi
-    [ "$(sha256sum < "$KEY_DIR/$name" 2>/dev/null | cut -c1-64)" = "$sha" ] || bad="$bad $name"
-  done < <(manifest_parts "$manifest")
+  if [ -z "$bad" ]; then
+    log "unpacking build $build ($(manifest_value "$manifest" files) files, $(mib "${bytes:-0}"); ${#parts[@]} parts, $jobs at once) to $RUNTIME"
+    archive_unpack "$tmp" "$jobs" "${parts[@]}" || status=$?
+    failpoint unpacking
+  fi
+  # zstd checked every part's content as it unpacked. After a failure, which part differs from what the
+  # manifest recorded? A fault of this machine (disk full) is told apart from a damaged archive.
+  if [ "$status" != 0 ]; then
+    while read -r name size sha; do
+      [ "$(sha256_stream < "$KEY_DIR/$name" 2>/dev/null)" = "$sha" ] || bad="$bad $name"
+    done < <(manifest_parts "$manifest")
+  fi
   if [ -z "$bad" ] && [ "$status" != 0 ]; then
-    rm -rf "$tmp" "$sums" "$LOCAL_DIR/.manifest.$$"
+    rm -rf "$tmp" "$LOCAL_DIR/.manifest.$$"
     free=$(free_local_bytes "$LOCAL_DIR")
     die "unpacking build $build to $LOCAL_DIR failed although the archive on the volume is intact (its sha256 matches; $(mib "${free:-0}") free here): free local disk or set TRYON_LOCAL_DIR to a larger, writable local folder, then restart"
   fi
-  if [ -z "$bad" ] && [ "$(cat "$tmp/venv/$STAMP_NAME" 2>/dev/null)" != "$KEY" ]; then bad=" (its runtime has no key stamp $KEY)"; fi
-  rm -f "$sums" "$LOCAL_DIR/.manifest.$$"
+  if [ -n "$bad" ]; then
+    bad="parts that differ from the manifest (size or sha256):$bad"
+  elif [ "$(cat "$tmp/venv/$STAMP_NAME" 2>/dev/null)" != "$KEY" ]; then
+    bad="its runtime has no key stamp $KEY"
+  fi
+  rm -f "$LOCAL_DIR/.manifest.$$"
   if [ -n "$bad" ]; then
     rm -rf "$tmp"
-    mark_bad "$build" "sha256 mismatch in$bad"
+    mark_bad "$build" "$bad"
     return 1
   fi
   relocate_runtime "$tmp" "$RUNTIME"
