@@ -62,12 +62,17 @@ def bench_warm(runs: int) -> None:
             return float(out.split()[-1]) - start
 
         python = local / "runtime" / "venv" / "bin" / "python"
-        launched = [timed(["bash", str(ENTRYPOINT)]) for _ in range(runs)]
-        direct = [timed([str(python), "-m", "app"], cwd=local / "src") for _ in range(runs)]
-        overhead = statistics.median(launched) - statistics.median(direct)
+        # Paired: each launch is followed by a direct start, so a busy moment weighs on both alike.
+        launched, direct = [], []
+        for _ in range(runs):
+            launched.append(timed(["bash", str(ENTRYPOINT)]))
+            direct.append(timed([str(python), "-m", "app"], cwd=local / "src"))
+        added = [a - b for a, b in zip(launched, direct)]
         print(f"warm start: launcher to app's first line {statistics.median(launched) * 1000:.0f} ms, "
-              f"python direct {statistics.median(direct) * 1000:.0f} ms, "
-              f"launcher overhead {overhead * 1000:.0f} ms (median of {runs})")
+              f"python direct {statistics.median(direct) * 1000:.0f} ms, launcher overhead "
+              f"{statistics.median(added) * 1000:.0f} ms (median of {runs} paired runs; quartiles "
+              f"{statistics.quantiles(added, n=4)[0] * 1000:.0f}-{statistics.quantiles(added, n=4)[2] * 1000:.0f} ms; "
+              f"TRYON_PYTHON={BASE_PYTHON})")
 
 
 def bench_unpack(venv: Path) -> int:

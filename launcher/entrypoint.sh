@@ -17,17 +17,25 @@
 set -euo pipefail
 
 FORMAT_VERSION=2
-LAUNCHER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-IMAGE_APP_DIR=$(dirname "$LAUNCHER_DIR")
-FAILPOINT_PHASES="locked venv-built installed packed archive-published manifest-published unpacking"
+LAUNCHER_DIR=${BASH_SOURCE[0]%/*}
+[[ "${BASH_SOURCE[0]}" == */* ]] || LAUNCHER_DIR=.
+LAUNCHER_DIR=$(cd "$LAUNCHER_DIR" && pwd)
+IMAGE_APP_DIR=${LAUNCHER_DIR%/*}
+FAILPOINT_PHASES="locked venv-built installed packing packed archive-published manifest-published unpacking"
 
 log() { printf '[launcher] %s\n' "$*" >&2; }
 die() { printf '[launcher] error: %s\n' "$*" >&2; exit 1; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+# A warm start is on every worker's critical path: what runs on it uses bash's own clock, names and
+# strings rather than a process per value (bench/launcher_bench.py warm measures it).
+now() { local t=${EPOCHREALTIME/,/.}; printf '%s' "$t"; }  # seconds.microseconds (a locale may write a comma)
+since() {  # seconds since a now() value, to a tenth
+  local a=${1/./} b=${EPOCHREALTIME/[.,]/} tenths
+  tenths=$(( (10#$b - 10#$a) / 100000 ))
+  printf '%d.%d' $((tenths / 10)) $((tenths % 10))
+}
 mib() { awk -v n="$1" 'BEGIN { printf "%.1f MiB", n / 1048576 }'; }
-sha256_of() { sha256sum | cut -c1-64; }
-host_name() { uname -n; }  # coreutils: slim images may lack the hostname command
+sha256_of() { local sum; sum=$(sha256sum); printf '%s' "${sum%% *}"; }
+host_name() { printf '%s' "${HOSTNAME:-$(uname -n)}"; }  # slim images may lack the hostname command
 
 # shellcheck source=lib/lock.sh
 . "$LAUNCHER_DIR/lib/lock.sh"
@@ -114,7 +122,8 @@ resolve_volume() {
   fi
   VOLUME=$(cd "$VOLUME" 2>/dev/null && pwd || printf '%s' "$VOLUME")
   VOLUME_WRITABLE=0
-  if [ "$MODE" != plan ] && mkdir -p "$VOLUME/envs" 2>/dev/null && touch "$VOLUME/envs/.write-test.$$" 2>/dev/null; then
+  if [ "$MODE" != plan ] && { [ -d "$VOLUME/envs" ] || mkdir -p "$VOLUME/envs" 2>/dev/null; } \
+      && { : > "$VOLUME/envs/.write-test.$$"; } 2>/dev/null; then
     VOLUME_WRITABLE=1
     rm -f "$VOLUME/envs/.write-test.$$"
   fi
@@ -157,12 +166,39 @@ describe_python() {
   if [[ "$PYTHON_SPEC" == */* ]]; then
     [ -x "$PYTHON_SPEC" ] || die "TRYON_PYTHON=$PYTHON_SPEC is not an executable interpreter: give a path to python3 or a version such as 3.11"
     # An interpreter outside the runtime: the same image has it at the same path on every worker.
-    PYTHON_ID="path:$PYTHON_SPEC $("$PYTHON_SPEC" -c 'import platform; print(platform.python_version())')"
+    python_version_of "$PYTHON_SPEC"
+    PYTHON_ID="path:$PYTHON_SPEC $PYTHON_VERSION"
     PYTHON_MANAGED=0
   else
     PYTHON_ID="managed:$PYTHON_SPEC"
     PYTHON_MANAGED=1
   fi
+}
+
+# The version of an interpreter given by path. Running it costs a warm start tens of milliseconds, so
+# the answer is kept on local disk with the interpreter's identity (device, inode, size, mtime: a
+# package upgrade replaces the file) and asked again only when that changes. Sets PYTHON_VERSION;
+# main writes the cache once the local folder exists.
+PYTHON_VERSION_CACHE=
+python_version_of() {
+  local exe=$1 id="" line
+  id=$(stat -L -c '%d:%i:%s:%Y' -- "$exe" 2>/dev/null) || id=""
+  if [ -n "$id" ] && { IFS= read -r line < "$LOCAL_DIR/.python-version"; } 2>/dev/null \
+      && [[ "$line" == "$id "*" $exe" ]]; then
+    PYTHON_VERSION=${line#"$id "}
+    PYTHON_VERSION=${PYTHON_VERSION%" $exe"}
+    return
+  fi
+  PYTHON_VERSION=$("$exe" -c 'import platform; print(platform.python_version())') \
+    || die "TRYON_PYTHON=$exe did not start (it could not print its version): give a working python3 or a version such as 3.11"
+  [ -z "$id" ] || PYTHON_VERSION_CACHE="$id $PYTHON_VERSION $exe"
+}
+
+remember_python_version() {
+  [ -n "$PYTHON_VERSION_CACHE" ] || return 0
+  { printf '%s\n' "$PYTHON_VERSION_CACHE" > "$LOCAL_DIR/.python-version.$$" \
+    && mv -f "$LOCAL_DIR/.python-version.$$" "$LOCAL_DIR/.python-version"; } 2>/dev/null \
+    || rm -f "$LOCAL_DIR/.python-version.$$" 2>/dev/null || true
 }
 
 # The key names what the runtime is, never where it lives: the venv is relocated when unpacked.
@@ -174,17 +210,25 @@ requirements=$(sha256_of < "$REQUIREMENTS")
 python=$PYTHON_ID
 backend=$BACKEND
 arch=$(uname -m)"
-  KEY=$(printf '%s\n' "$KEY_MATERIAL" | sha256_of | cut -c1-16)
+  KEY=$(printf '%s\n' "$KEY_MATERIAL" | sha256_of)
+  KEY=${KEY:0:16}
   KEY_DIR=$VOLUME/envs/$KEY
   if [ "$ENV_MODE" = volume ]; then RUNTIME=$VOLUME/venvs/$KEY; else RUNTIME=$LOCAL_DIR/runtime; fi
   STAMP_NAME=.tryon-runtime-key
-  BUILD_ID=$(date -u +%Y%m%dT%H%M%SZ)-$(host_name | tr -c 'A-Za-z0-9\n' '-' | cut -c1-24)-$$-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')
+  local stamp host
+  TZ=UTC0 printf -v stamp '%(%Y%m%dT%H%M%SZ)T' -1
+  host=$(host_name); host=${host//[^A-Za-z0-9]/-}
+  printf -v BUILD_ID '%s-%s-%s-%08x' "$stamp" "${host:0:24}" "$$" "${SRANDOM:-$RANDOM$RANDOM}"
   lock_init
   store_init
 }
 
 # The key stamp is written last into the venv: a venv without it (a crashed build) is never used.
-runtime_has_key() { [ "$(cat "$1/venv/$STAMP_NAME" 2>/dev/null)" = "$KEY" ] && [ -x "$1/venv/bin/python" ]; }
+runtime_has_key() {
+  local stamp=""
+  { IFS= read -r stamp < "$1/venv/$STAMP_NAME"; } 2>/dev/null || true
+  [ "$stamp" = "$KEY" ] && [ -x "$1/venv/bin/python" ]
+}
 
 published() {
   if [ "$ENV_MODE" = volume ]; then runtime_has_key "$RUNTIME"; else find_published; fi
@@ -345,13 +389,14 @@ ready_runtime() {
 # Leftovers of launchers killed on this machine: partial unpacks and their scratch files.
 clean_local_leftovers() {
   local path pid
-  for path in "$LOCAL_DIR"/runtime.unpack.* "$LOCAL_DIR"/.sums.* "$LOCAL_DIR"/.manifest.* "$LOCAL_DIR"/src.tmp.*; do
+  for path in "$LOCAL_DIR"/runtime.unpack.* "$LOCAL_DIR"/.sums.* "$LOCAL_DIR"/.manifest.* "$LOCAL_DIR"/src.tmp.* \
+      "$LOCAL_DIR"/.parts.* "$LOCAL_DIR"/.pack-errors.* "$LOCAL_DIR"/.python-version.*; do
     [ -e "$path" ] || continue
     pid=${path##*.}
     if ! [[ "$pid" =~ ^[0-9]+$ ]] || kill -0 "$pid" 2>/dev/null; then continue; fi
     rm -rf "$path" && log "removed $path, left by a stopped launcher (pid $pid)"
   done
-  rm -rf "$LOCAL_DIR/runtime.old"
+  [ ! -e "$LOCAL_DIR/runtime.old" ] || rm -rf "$LOCAL_DIR/runtime.old"
 }
 
 # The app from the volume when present (so code updates need no new image), else the image's copy;
@@ -370,7 +415,7 @@ resolve_app() {
 stage_app() {
   local target=$LOCAL_DIR/src tmp
   tmp="$target.tmp.$$"
-  rm -rf "$tmp"
+  [ ! -e "$tmp" ] || rm -rf "$tmp"
   mkdir -p "$tmp"
   cp -R "$APP_SOURCE" "$tmp/app"
   rm -rf "$target"
@@ -441,8 +486,9 @@ main() {
   log "$GPU_NOTE"
   [ -z "${BACKEND_NOTE:-}" ] || log "$BACKEND_NOTE"
   [ "$VOLUME_WRITABLE" = 1 ] || log "warning: volume $VOLUME is read-only: a published runtime can start, nothing can be built or cleaned"
-  mkdir -p "$LOCAL_DIR" 2>/dev/null && [ -w "$LOCAL_DIR" ] \
+  { [ -d "$LOCAL_DIR" ] || mkdir -p "$LOCAL_DIR" 2>/dev/null; } && [ -w "$LOCAL_DIR" ] \
     || die "the local folder $LOCAL_DIR cannot be created or written: set TRYON_LOCAL_DIR to a writable folder on local disk"
+  remember_python_version
   trap on_exit EXIT
   trap 'exit 143' TERM
   trap 'exit 130' INT

@@ -62,6 +62,45 @@ def test_first_start_builds_next_worker_unpacks_warm_start_does_neither(volume, 
     assert all(not run["app_file"].startswith(str(volume)) and not run["cwd"].startswith(str(volume)) for run in runs)
 
 
+def test_a_warm_start_runs_no_interpreter_to_learn_its_version(volume, requirements, tmp_path):
+    """The key names a path interpreter's version. Asking it costs a warm start tens of milliseconds, so
+    the answer is kept with the interpreter's identity and asked again only when the file is replaced."""
+    asked = tmp_path / "asked.log"
+    wrapper = tmp_path / "bin" / "python3"
+    wrapper.parent.mkdir()
+
+    def install_wrapper(note: str) -> None:  # written under a temporary name and renamed, as a package upgrade does
+        temporary = wrapper.with_name("python3.new")
+        temporary.write_text(f'#!/bin/sh\n# {note}\ncase "$*" in *python_version*) echo asked >> {asked};; esac\n'
+                             f'exec {BASE_PYTHON} "$@"\n')
+        temporary.chmod(0o755)
+        temporary.replace(wrapper)
+
+    def times_asked() -> int:
+        return len(asked.read_text().splitlines()) if asked.exists() else 0
+
+    install_wrapper("first")
+    local = tmp_path / "worker"
+    first = launch(volume, local, requirements, TRYON_PYTHON=str(wrapper))
+    assert first.returncode == 0, first.stderr
+    assert "runtime published as build" in first.stderr and times_asked() == 1
+    for _ in range(2):
+        warm = launch(volume, local, requirements, TRYON_PYTHON=str(wrapper))
+        assert warm.returncode == 0 and "warm start" in warm.stderr, warm.stderr
+    assert times_asked() == 1
+    install_wrapper("upgraded")  # a new file at the same path: its version is asked once more, then kept
+    again = launch(volume, local, requirements, TRYON_PYTHON=str(wrapper))
+    assert again.returncode == 0 and "warm start" in again.stderr, again.stderr
+    warm = launch(volume, local, requirements, TRYON_PYTHON=str(wrapper))
+    assert warm.returncode == 0 and "warm start" in warm.stderr, warm.stderr
+    assert times_asked() == 2
+    # --plan changes nothing on local disk, the version cache included.
+    cache = (local / ".python-version").read_text()
+    install_wrapper("planned")
+    assert launch(volume, local, requirements, "--plan", TRYON_PYTHON=str(wrapper)).returncode == 0
+    assert (local / ".python-version").read_text() == cache and times_asked() == 3
+
+
 def test_launcher_logs_each_phase_with_its_duration(volume, requirements, tmp_path):
     done = launch(volume, tmp_path / "w", requirements)
     assert done.returncode == 0, done.stderr

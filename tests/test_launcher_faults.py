@@ -383,6 +383,28 @@ def test_volume_mode_a_builder_woken_after_a_takeover_starts_on_the_published_ru
     assert all(run["probe"] == "1.0" for run in started(volume))
 
 
+def test_a_builder_frozen_while_packing_and_taken_over_says_so_without_raw_errors(volume, requirements, tmp_path):
+    """Frozen past the stale limit as it packs, the builder wakes to find its build folder on the volume
+    removed by the worker that took over: it keeps the other build and starts, and says that, not
+    "check free space" over raw tee/tar errors."""
+    stale = {"TRYON_LOCK_STALE_S": str(STALE)}
+    builder = Worker(volume, tmp_path / "builder", requirements, "builder",
+                     TRYON_FAILPOINTS=f"packing=pause:{3 * STALE}", **stale)
+    builder.wait_for("failpoint packing")
+    other = Worker(volume, tmp_path / "other", requirements, "other", **stale)
+    assert other.finish()[0] == 0, other.log
+    assert "took over the build lock" in other.log and "runtime published as build" in other.log
+    code, _ = builder.finish()
+    assert code == 0, builder.log
+    assert "was published while this build was stalled: keeping it" in builder.log, builder.log
+    for raw in ("free space", "tee:", "tar:", "zstd:", "No such file", "archive_pack:", "heartbeat.tmp", "error:"):
+        assert raw not in builder.log, builder.log
+    [key] = key_dirs(volume)
+    assert manifest(key)["build"] in other.log and len(manifest(key)["parts"]) > 1
+    assert sorted(run["args"][0] for run in started(volume)) == ["builder", "other"]
+    assert not list((tmp_path / "builder").glob(".parts.*")) and not list((tmp_path / "builder").glob(".pack-errors.*"))
+
+
 def bind_read_only(source: Path, target: Path) -> bool:
     target.mkdir()
     if subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True).returncode:

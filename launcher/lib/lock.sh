@@ -28,7 +28,10 @@ lock_init() {
   HOLDING=0
   BEAT=0
   # Beat several times within the stale limit (at most every 5 s) so one slow write is not fatal.
-  BEAT_EVERY=$(awk -v s="$LOCK_STALE_S" 'BEGIN { b = s / 6; if (b > 5) b = 5; if (b < 0.2) b = 0.2; print b }')
+  local tenths=$((LOCK_STALE_S * 10 / 6))
+  ((tenths <= 50)) || tenths=50
+  ((tenths >= 2)) || tenths=2
+  BEAT_EVERY=$((tenths / 10)).$((tenths % 10))
 }
 
 # One line about a lock's owner, from its owner file ("" when it has none yet).

@@ -57,7 +57,14 @@ find_published() {
     [ "${MODE:-}" != plan ] || return 0
     if cp "$record" "$MANIFEST.tmp.$BUILD_ID" 2>/dev/null && mv -f "$MANIFEST.tmp.$BUILD_ID" "$MANIFEST" 2>/dev/null; then
       USE_MANIFEST=$MANIFEST
-      log "found complete build $(manifest_value "$record" build) that no manifest named (its builder stopped before naming it): published it"
+      local build
+      build=$(manifest_value "$record" build)
+      # Its builder may be alive, between renaming the parts and the manifest: it then still holds the lock.
+      if [ -d "$KEY_DIR/.lock" ] && [ "$(sed -n 's/^token=//p' "$KEY_DIR/.lock/owner" 2>/dev/null | head -n1)" = "$build" ]; then
+        log "found complete build $build that no manifest named yet (its builder still holds the lock: it was about to name it, or stopped before it could): published it"
+      else
+        log "found complete build $build that no manifest named (its builder stopped before naming it): published it"
+      fi
     fi
     return 0
   done < <(printf '%s\n' "$KEY_DIR"/*.manifest | sort -r)
@@ -68,17 +75,31 @@ find_published() {
 
 # Pack $RUNTIME in the build's own folder, record it, rename the parts into place, then the manifest.
 publish_build() {
-  local started parts_list record previous name size sha files bytes total=0
+  local started parts_list errors record previous name size sha files bytes total=0
   started=$(now)
-  parts_list=$BUILD_DIR/parts.txt
+  # On local disk: a builder taken over while stalled finds its build folder on the volume gone.
+  parts_list=$LOCAL_DIR/.parts.$$
+  errors=$LOCAL_DIR/.pack-errors.$$
   published_meanwhile && return 0
   log "packing runtime $KEY into $ARCHIVE_PARTS parts"
-  beating archive_pack "$RUNTIME" "$BUILD_DIR" "$ARCHIVE_PARTS" > "$parts_list" \
-    || { publish_failed "packing into $BUILD_DIR failed; check free space on the volume (df -h $VOLUME)"; return 1; }
+  failpoint packing
+  if ! beating archive_pack "$RUNTIME" "$BUILD_DIR" "$ARCHIVE_PARTS" > "$parts_list" 2> "$errors"; then
+    if [ ! -d "$BUILD_DIR" ] || ! lock_is_mine; then
+      rm -f "$parts_list" "$errors"
+      published_meanwhile && return 0
+      publish_failed "it stalled past TRYON_LOCK_STALE_S=${LOCK_STALE_S} s while packing and another worker took its lock over and removed its build folder; the worker that took over publishes the runtime"
+      return 1
+    fi
+    sed 's/^/[launcher]   /' "$errors" >&2
+    rm -f "$parts_list" "$errors"
+    publish_failed "packing into $BUILD_DIR failed (above); check free space on the volume (df -h $VOLUME)"
+    return 1
+  fi
+  rm -f "$errors"
   failpoint packed
   published_meanwhile && return 0
-  grep -q '^part-' "$parts_list" 2>/dev/null \
-    || { publish_failed "its packed parts are gone (was it taken over while stalled?)"; return 1; }
+  [ -f "$BUILD_DIR/part-00.tar.zst" ] \
+    || { publish_failed "its packed parts are gone from $BUILD_DIR (it stalled past TRYON_LOCK_STALE_S=${LOCK_STALE_S} s and another worker took it over); the worker that took over publishes the runtime"; return 1; }
   read -r _ files _ bytes < <(grep '^files ' "$parts_list")
   # The build's record first: whoever finds these parts without a manifest can check and use them.
   record=$KEY_DIR/$BUILD_ID.manifest
@@ -93,10 +114,11 @@ publish_build() {
   } > "$record.tmp" || { publish_failed "writing $record failed; check free space on the volume"; return 1; }
   mv -f "$record.tmp" "$record" || { publish_failed "renaming $record.tmp failed"; return 1; }
   while read -r name size sha; do
-    mv -f "$BUILD_DIR/$name" "$KEY_DIR/$BUILD_ID.p${name#part-}" \
+    mv -f "$BUILD_DIR/$name" "$KEY_DIR/$BUILD_ID.p${name#part-}" 2>/dev/null \
       || { publish_failed "moving $name into $KEY_DIR failed (its build folder is gone: was this build taken over?)"; return 1; }
     total=$((total + size))
   done < <(grep '^part-' "$parts_list")
+  rm -f "$parts_list"
   failpoint archive-published
   # The fence: name nothing that is not whole on the volume, whatever happened while we were away.
   manifest_complete "$record" || { publish_failed "its parts on the volume do not match its record"; return 1; }
@@ -120,7 +142,7 @@ published_meanwhile() {
 
 # This worker's own runtime is whole on its local disk either way: it starts, others build or use theirs.
 publish_failed() {
-  rm -f "$KEY_DIR/$BUILD_ID".* "$MANIFEST.tmp.$BUILD_ID" 2>/dev/null
+  rm -f "$KEY_DIR/$BUILD_ID".* "$MANIFEST.tmp.$BUILD_ID" "$LOCAL_DIR/.parts.$$" 2>/dev/null
   log "warning: build $BUILD_ID was not published (phase: publish): $1"
 }
 
