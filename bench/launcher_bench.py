@@ -67,7 +67,7 @@ def bench_warm(runs: int) -> None:
         for _ in range(runs):
             launched.append(timed(["bash", str(ENTRYPOINT)]))
             direct.append(timed([str(python), "-m", "app"], cwd=local / "src"))
-        added = [a - b for a, b in zip(launched, direct)]
+        added = [a - b for a, b in zip(launched, direct, strict=True)]
         print(f"warm start: launcher to app's first line {statistics.median(launched) * 1000:.0f} ms, "
               f"python direct {statistics.median(direct) * 1000:.0f} ms, launcher overhead "
               f"{statistics.median(added) * 1000:.0f} ms (median of {runs} paired runs; quartiles "
