@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
+from app import c_compiler
 from app.config import Settings
 from app.errors import ModelLoadError
 
@@ -59,16 +60,22 @@ def plan(settings: Settings, device: str) -> SpeedPlan:
 
 
 def compile_blocker(device: str) -> str | None:
-    """Why torch.compile cannot run on ``device`` here, or None: Triton on the GPU, and a C compiler
-    (Triton builds its kernel launchers with one; Inductor's CPU kernels are C++)."""
-    if device == "cuda" and importlib.util.find_spec("triton") is None:
-        return "Triton is not installed (torch's CUDA build brings it)"
-    names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
-    if device == "cpu":
-        names = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
+    """Why torch.compile cannot run on ``device`` here, or None: Triton and a C compiler on the GPU
+    (Triton builds its CUDA helper module with one; app.c_compiler provides it), a C++ compiler with
+    OpenMP on the CPU (Inductor's CPU kernels)."""
+    if device == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "Triton is not installed (torch's CUDA build brings it)"
+        if c_compiler.provide() is None:
+            if os.environ.get("CC"):
+                return f"CC={os.environ['CC']} is not an executable compiler (unset it to use the runtime's)"
+            return "no C compiler for Triton (CC, gcc, clang, or the runtime's ziglang package: " \
+                   "reinstall the runtime from launcher/requirements.txt, or apt-get install gcc libc6-dev)"
+        return None
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
     if not any(shutil.which(name) for name in names):
-        return f"no C{'++' if device == 'cpu' else ''} compiler is installed ({' or '.join(names)}: apt-get " \
-               "install gcc libc6-dev, as Dockerfile.volume does)"
+        return f"no C++ compiler is installed ({' or '.join(names)}: apt-get install g++, which Inductor's " \
+               "CPU kernels need)"
     return None
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app import c_compiler
 from app.config import Settings
 from app.weights import MANIFEST, ModelFile, required_files
 
@@ -182,9 +183,12 @@ def check_compile_cache(report: Report, settings: Settings) -> None:
     if settings.compile == "off":
         report.ok("torch.compile is off (TRYON_COMPILE=off): workers serve eager")
         return
-    if not any(shutil.which(name) for name in ("cc", "gcc", "clang")) and not os.environ.get("CC"):
-        report.warn("no C compiler: torch.compile cannot run, workers serve eager",
-                    "apt-get install gcc libc6-dev (Dockerfile.volume has them)")
+    compiler = c_compiler.describe()
+    if compiler is None:
+        report.warn("no C compiler for Triton: torch.compile cannot run on the GPU, workers serve eager",
+                    "run the doctor with the runtime's Python (it brings the ziglang package), or set CC")
+    else:
+        report.ok(f"C compiler for Triton: {compiler}")
     base = settings.layout.cache / "torch"
     keys = [settings.runtime_key] if settings.runtime_key else \
         sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
