@@ -44,7 +44,9 @@ done
 
 class Launcher:
     def __init__(self, **env: str):
-        clean = {k: v for k, v in os.environ.items() if k not in ("PORT", "PORT_HEALTH", "TRYON_HOST")}
+        dropped = ("PORT", "PORT_HEALTH", "TRYON_HOST", *(name for name, value in env.items() if value is None))
+        env = {name: value for name, value in env.items() if value is not None}
+        clean = {k: v for k, v in os.environ.items() if k not in dropped}
         self.process = subprocess.Popen([shutil.which("bash") or "/bin/bash", "-c", DRIVER], cwd=ROOT,
                                         env={**clean, "TRYON_HOST": "127.0.0.1", **env}, text=True,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -135,6 +137,18 @@ def test_ping_answers_204_at_once(launcher):
         assert answer.headers["Connection"] == "close"
         # A 204 carries no Content-Length (RFC 9110 8.6), like the app's own /ping.
         assert answer.headers.get("Content-Length", "0") == "0"
+
+
+@needs_socat
+def test_ping_answers_204_in_a_container_that_sets_no_shlvl(launcher):
+    """docker and buildah start the entrypoint with no SHLVL. A bash whose stdin is a socket and whose
+    SHLVL is below 2 then takes itself for one started by sshd and skips BASH_ENV: without --norc every
+    /ping was reset unanswered, seen only once the image ran (tests/test_image_build.py)."""
+    port = free_port()
+    launcher(PORT=str(port), SHLVL=None).do("start unpacking")
+    for _ in range(3):
+        answer = ask(port)
+        assert (answer.status, answer.body) == (204, b""), answer
 
 
 @needs_socat

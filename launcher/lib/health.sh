@@ -45,10 +45,13 @@ health_start() {
       continue
     fi
     # BASH_ENV makes each connection's bash read this file, so no path goes into socat's address.
+    # --norc: a bash whose stdin is a socket and whose SHLVL is below 2 (docker sets no SHLVL) takes
+    # itself for one started by sshd and skips BASH_ENV: health_respond would be undefined and every
+    # /ping reset, as seen in the launcher image (tests/test_image_build.py).
     # nofork: the handler gets the connection itself, not a relay through another socat.
     BASH_ENV=$self HEALTH_WHAT=$what "${guard[@]}" \
       socat "$listen:$port,bind=$host,reuseaddr,fork,backlog=128,max-children=64" \
-      "EXEC:bash -c health_respond,nofork" </dev/null >/dev/null 2>&1 &
+      "EXEC:bash --norc -c health_respond,nofork" </dev/null >/dev/null 2>&1 &
     pid=$!
     if health_wait_until health_bound_or_gone "$port" "$pid" && kill -0 "$pid" 2>/dev/null; then
       HEALTH_PIDS+=("$pid")
