@@ -69,6 +69,11 @@ build-volume:
     # RunPod runs linux/amd64: say so, so a build on an ARM laptop does not make an image no worker can run.
     docker build --platform linux/amd64 -f Dockerfile.volume -t "$IMAGE" .
 
+# Build the launcher image without a Docker engine (buildah, base images made locally), measure its layers
+# and run it: two workers on one volume folder, offline (tests/image_kit.sh; steps: tools base uv build sizes run clean)
+image-check *STEPS:
+    bash tests/image_kit.sh {{STEPS}}
+
 # Push the launcher image
 push-volume:
     #!/usr/bin/env bash
