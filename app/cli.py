@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from app.config import SettingError, Settings, settings_table
+from app.config import SettingError, Settings, port_from_env, settings_table
 
 EXIT_USAGE, EXIT_MISSING = 2, 3
 
@@ -189,6 +189,12 @@ def _tiny_fallback(args: argparse.Namespace, settings: Settings) -> Settings:
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from app.early_ping import hold
+
+    port = args.port or port_from_env("PORT", 7860)
+    health_port = port_from_env("PORT_HEALTH", None)
+    # /ping answers from now on, through the imports below, on the sockets the server then takes over.
+    early = hold(settings.host, [port] + ([health_port] if health_port else []))
     from app.engine import Engine
 
     if args.tiny_if_missing:
@@ -196,11 +202,9 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     # With preload, the model's weights are read and torch imported while the web stack imports below.
     engine = Engine(settings)
     engine.start()
-    from app.server import port_from_env, serve
+    from app.server import serve
 
-    port = args.port or port_from_env("PORT", 7860)
-    serve(settings, settings.host, port, share=args.share, health_port=port_from_env("PORT_HEALTH", None),
-          engine=engine)
+    serve(settings, settings.host, port, share=args.share, health_port=health_port, engine=engine, early=early)
     return 0
 
 

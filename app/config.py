@@ -320,3 +320,13 @@ def _parse(f: dataclasses.Field, hint, raw, source: str):
     if not text and not meta["secret"]:
         raise fail("a non-empty value")
     return text
+
+
+def port_from_env(name: str, default: int | None) -> int | None:
+    """A port from the environment (PORT, PORT_HEALTH), checked; ``default`` when unset."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise SettingError(f"{name}={raw!r} is not valid: expected a port number from 1 to 65535.")
+    return int(raw)

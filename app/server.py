@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import os
 import threading
 import time
 from pathlib import Path, PurePosixPath
@@ -443,8 +442,9 @@ def health_only_app(settings: Settings, engine: Engine) -> FastAPI:
 
 
 def serve(settings: Settings, host: str, port: int, share: bool = False, health_port: int | None = None,
-          engine: Engine | None = None) -> None:
-    """Serve until stopped. Pass an ``engine`` already started to overlap its preload with these imports."""
+          engine: Engine | None = None, early=None) -> None:
+    """Serve until stopped. Pass an ``engine`` already started to overlap its preload with these imports,
+    and ``early`` (app.early_ping.hold) to take over the sockets that answered /ping meanwhile."""
     import uvicorn
 
     engine = engine or Engine(settings)
@@ -458,15 +458,17 @@ def serve(settings: Settings, host: str, port: int, share: bool = False, health_
         log.warning("the public share link has no login (--auth): anyone with it can run try-ons; %s", seen)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=settings.log_level,
                                            timeout_graceful_shutdown=5))
+    held = {sock.getsockname()[1]: sock for sock in early.hand_over()} if early is not None else {}
     if health_port and health_port != port:
         health = uvicorn.Server(uvicorn.Config(health_only_app(settings, engine), host=host, port=health_port,
                                                log_level="warning"))
-        threading.Thread(target=health.run, name="health-server", daemon=True).start()
+        sockets = [held[health_port]] if health_port in held else None
+        threading.Thread(target=health.run, args=(sockets,), name="health-server", daemon=True).start()
         log.info("/ping also on port %d", health_port)
     if share:
         threading.Thread(target=_open_share_link, args=(server, port), name="share-link", daemon=True).start()
     print(listening_line(host, port, settings), flush=True)
-    server.run()
+    server.run([held[port]] if port in held else None)
 
 
 def listening_line(host: str, port: int, settings: Settings) -> str:
@@ -506,14 +508,3 @@ def _open_share_link(server, port: int) -> None:
     except Exception as exc:  # offline, blocked, or the tunnel client could not be fetched
         log.error("could not open a public share link (%s: %s); the local server keeps running. Share links need "
                   "internet access to Gradio's share server.", type(exc).__name__, exc)
-
-
-def port_from_env(name: str, default: int | None) -> int | None:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        from app.config import SettingError
-
-        raise SettingError(f"{name}={raw!r} is not valid: expected a port number from 1 to 65535.")
-    return int(raw)
