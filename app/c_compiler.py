@@ -9,20 +9,26 @@ when that is read-only). A system compiler, when present, is used as Triton woul
 ``cc`` (which Triton does not look for) is named in ``CC``.
 
 The wrapper pins a baseline target so zig's output and cache do not depend on the host's CPU, and
-gives zig a writable cache when ``HOME`` is not. Inductor's CPU kernels need OpenMP, which zig does not
+gives zig a writable cache when ``HOME`` is not. zig's first build in a container fills that cache
+(seconds): it is done in the background when the wrapper is chosen, while the model loads. Inductor's CPU kernels need OpenMP, which zig does not
 ship: on the CPU a system C++ compiler is still needed (the CPU serves eager by default).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 WRAPPER_NAME = "zig-cc"
 # glibc 2.28 (manylinux_2_28, as torch's wheels) and a baseline CPU: one build for every host.
@@ -71,16 +77,45 @@ def zig_wrapper() -> str | None:
     return None
 
 
-def provide() -> str | None:
+def provide(warm: bool = True) -> str | None:
     """The C compiler Triton will use, after naming it in ``CC`` where Triton would not find it alone;
-    None when there is none (then torch.compile cannot run on the GPU)."""
+    None when there is none (then torch.compile cannot run on the GPU). With ``warm``, zig's cache is
+    filled in the background (see :func:`warm_up`)."""
     found = system_compiler()
     if found or os.environ.get("CC"):
         return found
-    found = shutil.which("cc") or zig_wrapper()
+    found = shutil.which("cc")
+    if found is None:
+        found = zig_wrapper()
+        if found and warm:
+            warm_up(found)
     if found:
         os.environ["CC"] = found
     return found
+
+
+_warming: threading.Thread | None = None
+
+
+def warm_up(cc: str) -> threading.Thread:
+    """zig's first build in a fresh container fills its cache (libc stubs, compiler runtime): seconds
+    (7-10 s on 2 busy cores, against 0.3-0.7 s after). Done once per process in a background thread,
+    while the model loads, so Triton's first build does not wait for it."""
+    global _warming
+    if _warming is None:
+        def build() -> None:
+            with tempfile.TemporaryDirectory(prefix="zig-warm-") as folder:
+                source = Path(folder) / "warm.c"
+                source.write_text("int warm(void) { return 0; }\n")
+                done = subprocess.run([cc, str(source), "-O3", "-shared", "-fPIC", "-o", str(Path(folder) / "warm.so")],
+                                      capture_output=True, text=True)
+                if done.returncode:
+                    log.warning("the runtime's C compiler (%s) failed a test build: %s", cc,
+                                done.stderr.strip()[-500:])
+
+        _warming = threading.Thread(target=build, name="zig-warm-up", daemon=True)
+        _warming.start()
+    return _warming
 
 
 def describe() -> str | None:

@@ -35,21 +35,23 @@ EXTENSION = textwrap.dedent("""
 """)
 
 
+@pytest.fixture(scope="module")
+def zig_temp(tmp_path_factory) -> Path:
+    """A temp folder whose zig-cache the tests share: zig's first build takes seconds."""
+    return tmp_path_factory.mktemp("zig-temp")
+
+
 @pytest.fixture
-def bare_machine(tmp_path, monkeypatch):
+def bare_machine(tmp_path, monkeypatch, zig_temp):
     """No gcc, clang or cc on PATH and no CC: what the launcher image now holds."""
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     monkeypatch.setenv("CC", "recorded")  # so that the CC provide() sets is undone after the test
     monkeypatch.delenv("CC")
+    monkeypatch.setenv("ZIG_GLOBAL_CACHE_DIR", str(zig_temp / "zig-cache"))
+    monkeypatch.setattr(c_compiler, "_warming", None)
     return empty
-
-
-@pytest.fixture(scope="module")
-def zig_temp(tmp_path_factory) -> Path:
-    """A temp folder whose zig-cache both tests share: zig's first compile takes seconds."""
-    return tmp_path_factory.mktemp("zig-temp")
 
 
 @needs_zig
@@ -57,6 +59,12 @@ def test_with_no_compiler_triton_gets_the_runtimes_zig_and_it_builds_an_extensio
                                                                                   zig_temp):
     cc = c_compiler.provide()
     assert cc is not None and Path(cc).name == "zig-cc" and os.environ["CC"] == cc
+    # zig's cache is filled in the background, once, while the model would load.
+    warming = c_compiler._warming
+    assert warming is not None and c_compiler.warm_up(cc) is warming
+    warming.join(timeout=300)
+    cached = list((zig_temp / "zig-cache").rglob("*"))
+    assert not warming.is_alive() and any(path.suffix in (".o", ".so", ".a") for path in cached), cached[:20]
     assert c_compiler.provide() == cc  # idempotent: the same wrapper, CC already set
     # Triton's build (triton/runtime/build.py, 3.x): [CC, src, -O3, -shared, -fPIC, -Wno-psabi, -o, so,
     # -l..., -L..., -I<srcdir>, -I<Python's include dir>], run with no compiler on PATH.
