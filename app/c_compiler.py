@@ -10,8 +10,9 @@ when that is read-only). A system compiler, when present, is used as Triton woul
 
 The wrapper pins a baseline target so zig's output and cache do not depend on the host's CPU, and
 gives zig a writable cache when ``HOME`` is not. zig's first build in a container fills that cache
-(seconds): it is done in the background when the wrapper is chosen, while the model loads. Inductor's CPU kernels need OpenMP, which zig does not
-ship: on the CPU a system C++ compiler is still needed (the CPU serves eager by default).
+(seconds): it is done in the background when the wrapper is chosen, while the model loads.
+Inductor's CPU kernels need OpenMP, which zig does not ship: on the CPU a system C++ compiler is still
+needed (the CPU serves eager by default).
 """
 
 from __future__ import annotations
