@@ -15,8 +15,9 @@ import selectors
 import socket
 import threading
 
-STARTING = json.dumps({"error": {"code": "starting",
-                                 "message": "the worker is starting the app; retry in a few seconds"}}).encode()
+from app.errors import error_body  # no torch: importable at once
+
+STARTING = json.dumps(error_body("starting", "the worker is starting the app; retry in a few seconds")).encode()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -65,7 +66,7 @@ class EarlyPing:
 
 
 def answer(connection: socket.socket) -> None:
-    connection.settimeout(2)
+    connection.settimeout(1)  # one slow client holds the answers up at most this long
     try:
         request = connection.recv(4096).split(b"\r\n", 1)[0].split()
         method, path = (request[0], request[1].split(b"?", 1)[0]) if len(request) >= 2 else (b"", b"")

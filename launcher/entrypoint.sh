@@ -34,6 +34,7 @@ since() {  # seconds since a now() value, to a tenth
   printf '%d.%d' $((tenths / 10)) $((tenths % 10))
 }
 mib() { awk -v n="$1" 'BEGIN { printf "%.1f MiB", n / 1048576 }'; }
+# Small inputs (the key) on the warm path: coreutils starts faster than openssl (lib/archive.sh's sha256_stream).
 sha256_of() { local sum; sum=$(sha256sum); printf '%s' "${sum%% *}"; }
 host_name() { printf '%s' "${HOSTNAME:-$(uname -n)}"; }  # slim images may lack the hostname command
 

@@ -14,14 +14,9 @@ from pathlib import Path
 import httpx
 
 from app import early_ping
+from tests.launcher_kit import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def raw_request(port: int, request: bytes) -> bytes:
