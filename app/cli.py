@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "<volume>/models/<org>/<repo>/")
     fetch.add_argument("--adapter", dest="adapter_version", help="mix, vitonhd or dresscode")
     fetch.add_argument("--with-parser", action="store_true", help="also the human parser for auto masks")
+    fetch.add_argument("--with-safety", action="store_true", help="also Stable Diffusion's safety checker "
+                       "(TRYON_SAFETY; fetched anyway when that is on)")
     fetch.set_defaults(run=run_download)
 
     doctor = commands.add_parser("doctor", help="check the volume, weights, runtime, GPU and ports")
@@ -163,13 +165,13 @@ def _tiny_fallback(args: argparse.Namespace, settings: Settings) -> Settings:
     """
     from app.weights import missing_files, missing_weights_message
 
-    missing = [] if settings.tiny_models else missing_files(settings)
+    missing = [] if settings.tiny_models else missing_files(settings, with_safety=settings.safety)
     if missing and settings.downloads_allowed:
         from app.weights import DownloadError, download
 
         print(f"model files missing: fetching them into {settings.models_dir} (about 2.2 GB) ...", file=sys.stderr)
         try:
-            download(settings)
+            download(settings, with_safety=settings.safety)
             missing = []
         except DownloadError as exc:
             print(f"download failed: {exc}\n", file=sys.stderr)
@@ -241,7 +243,8 @@ def run_download(args: argparse.Namespace, settings: Settings) -> int:
 
     print(f"downloading into {settings.layout.models} ...", file=sys.stderr)
     try:
-        manifest = download(settings, settings.layout.models, with_parser=args.with_parser)
+        manifest = download(settings, settings.layout.models, with_parser=args.with_parser,
+                            with_safety=args.with_safety or settings.safety)
     except DownloadError as exc:
         raise CliError(str(exc), EXIT_MISSING) from exc
     for entry in manifest["files"]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from app import c_compiler
 from app.config import Settings
-from app.weights import MANIFEST, ModelFile, required_files
+from app.weights import MANIFEST, ModelFile, required_files, safety_files
 
 MIN_FREE_GB = 5.0
 ADAPTER_KEY = re.compile(r"^(\d+)\.(to_q\.weight|to_k\.weight|to_v\.weight|to_out\.0\.weight|to_out\.0\.bias)$")
@@ -87,29 +87,8 @@ def check_weights(report: Report, settings: Settings) -> None:
     models = settings.models_dir
     sizes = _manifest_sizes(models)
     for item in required_files(settings):
-        path = _weight_path(models, item)
-        label = f"{item.repo}/{item.path}"
-        if path is None:
-            report.fail(f"missing {label}", "run: python -m app download (or just setup-volume-download)")
-            continue
-        size = path.stat().st_size
-        expected = sizes.get(label)
-        if expected is not None and size != expected:
-            report.fail(f"{label} is {size:,} bytes, the manifest says {expected:,} (truncated or damaged)",
-                        "delete it and run python -m app download")
-            continue
-        if path.suffix == ".safetensors":
-            problem = _safetensors_problem(path)
-            if problem:
-                report.fail(f"{label}: {problem}", "delete it and run python -m app download")
-                continue
-        if path.suffix == ".json":
-            try:
-                json.loads(path.read_text())
-            except ValueError:
-                report.fail(f"{label} is not valid JSON", "delete it and run python -m app download")
-                continue
-        report.ok(f"{label} ({size:,} bytes)")
+        check_weight_file(report, models, sizes, item, "python -m app download")
+    check_safety(report, settings, sizes)
     adapter = models / settings.adapter_repo / settings.adapter_folder / "attention" / "model.safetensors"
     if adapter.is_file() and not _safetensors_problem(adapter):
         keys = _safetensors_header(adapter).keys() - {"__metadata__"}
@@ -120,6 +99,51 @@ def check_weights(report: Report, settings: Settings) -> None:
                         "use zhengchong/CatVTON's attention/model.safetensors")
         else:
             report.ok(f"adapter keys valid ({len(keys)} tensors for {len(indices)} attention layers)")
+
+
+def check_weight_file(report: Report, models: Path, sizes: dict[str, int], item: ModelFile, fetch: str) -> None:
+    """One model file: present, of the manifest's size, a readable safetensors or JSON file."""
+    path = _weight_path(models, item)
+    label = f"{item.repo}/{item.path}"
+    if path is None:
+        report.fail(f"missing {label}", f"run: {fetch} (or just setup-volume-download"
+                    f"{fetch.removeprefix('python -m app download')})")
+        return
+    size = path.stat().st_size
+    expected = sizes.get(label)
+    if expected is not None and size != expected:
+        report.fail(f"{label} is {size:,} bytes, the manifest says {expected:,} (truncated or damaged)",
+                    f"delete it and run {fetch}")
+        return
+    if path.suffix == ".safetensors":
+        problem = _safetensors_problem(path)
+        if problem:
+            report.fail(f"{label}: {problem}", f"delete it and run {fetch}")
+            return
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text())
+        except ValueError:
+            report.fail(f"{label} is not valid JSON", f"delete it and run {fetch}")
+            return
+    report.ok(f"{label} ({size:,} bytes)")
+
+
+def check_safety(report: Report, settings: Settings, sizes: dict[str, int]) -> None:
+    """Stable Diffusion's safety checker: whether TRYON_SAFETY is on, and its files when it is or they are there."""
+    items = safety_files(settings)
+    present = [item for item in items if _weight_path(settings.models_dir, item) is not None]
+    fetch = "python -m app download --with-safety"
+    if settings.safety:
+        report.ok("safety checker on (TRYON_SAFETY): every result is checked; flagged ones are not saved")
+        for item in items:
+            check_weight_file(report, settings.models_dir, sizes, item, fetch)
+    elif len(present) == len(items):
+        report.ok("safety checker off (TRYON_SAFETY); its files are on the volume: set TRYON_SAFETY=on for a "
+                  "public link")
+    else:
+        report.ok(f"safety checker off (TRYON_SAFETY) and not on the volume; for a public link (--share) run "
+                  f"{fetch} and set TRYON_SAFETY=on")
 
 
 def _manifest(path: Path) -> tuple[dict[str, str], dict[str, int]]:

@@ -176,11 +176,11 @@ class Engine:
             from app.tiny_models import ensure_tiny_models
 
             ensure_tiny_models(self.settings)
-        elif self.settings.downloads_allowed and missing_files(self.settings):
+        elif self.settings.downloads_allowed and missing_files(self.settings, with_safety=self.settings.safety):
             from app.weights import download
 
             log.info("model files missing: downloading them into %s (TRYON_AUTO_DOWNLOAD)", self.settings.models_dir)
-            download(self.settings, show_progress=False)
+            download(self.settings, show_progress=False, with_safety=self.settings.safety)
         paths = check_weights(self.settings)
         import torch
 
@@ -192,6 +192,13 @@ class Engine:
             torch.backends.cuda.matmul.allow_tf32 = True
         pipe = CatVTONPipeline.from_pretrained(paths.base, paths.vae, paths.adapter, device=device,
                                                dtype=getattr(torch, dtype))
+        pipe.safety_checker = None  # TRYON_SAFETY: held with the pipeline, run by the service on each result
+        if self.settings.safety:
+            from app.safety import SafetyChecker
+
+            started = time.perf_counter()
+            pipe.safety_checker = SafetyChecker.from_pretrained(paths.base, device, getattr(torch, dtype))
+            pipe.load_timings["safety_checker"] = time.perf_counter() - started
         self._speed_up(pipe, device)
         return pipe
 
@@ -240,7 +247,8 @@ def read_ahead(settings: Settings, chunk: int = 16 << 20) -> int:
 
     paths = model_paths(settings)
     total, buffer = 0, bytearray(chunk)
-    for folder in (paths.base / "unet", paths.vae, paths.adapter):
+    safety = (paths.base / "safety_checker",) if settings.safety else ()
+    for folder in (paths.base / "unet", paths.vae, paths.adapter, *safety):
         for path in sorted(Path(folder).glob("*.safetensors")):
             try:
                 with open(path, "rb", buffering=0) as handle:

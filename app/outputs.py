@@ -2,6 +2,8 @@
 
     outputs/<owner key>/<YYYY-MM>/<YYYYMMDD>-<HHMMSSffffff>-<worker>-<random>.png   the image
                                   <same name>.json                                  its sidecar
+                                  <same name>.flagged.json                          a result the safety
+                                                                                    checker flagged: no image
 
 The owner key is a keyed hash of the owner ("user:alice", "visitor:<id>", ...) under the volume's secret
 (``.secrets/session.key``), so nobody can test a guessed name against an id; a page of one owner's
@@ -9,7 +11,8 @@ results costs a listing of their month folders plus the sidecars shown, however 
 owners have. A result's id is its file name plus the owner key: ids sort by time, name the worker
 that made them (several server processes share a volume without colliding), and say where the files
 are without searching. Files are written under temporary names and renamed; the sidecar is written
-last and is what makes a result visible, so a crash never leaves a half result in a gallery.
+last and is what makes a result visible, so a crash never leaves a half result in a gallery. A flagged
+result's record has its own suffix: listings and ``get`` never see it, and cost nothing more for it.
 """
 
 from __future__ import annotations
@@ -45,17 +48,23 @@ TEMP_MAX_AGE_S = 3600.0
 # zlib level of the PNGs on the volume: lossless either way; level 1 wrote a 6-megapixel photo in 0.8 s and
 # 10.5 MB where PIL's default (6) took 4.2 s for 9.0 MB.
 PNG_LEVEL = 1
+FLAGGED_SIDECAR = ".flagged.json"
 
 
 @dataclass(frozen=True)
 class SavedResult:
     id: str
-    image_path: Path
+    image_path: Path  # of a flagged result: where its image would have been (nothing is there)
     metadata: dict
 
     @property
+    def flagged(self) -> bool:
+        """The safety checker flagged it: a record without an image, in no listing."""
+        return bool(self.metadata.get("flagged"))
+
+    @property
     def sidecar_path(self) -> Path:
-        return self.image_path.with_suffix(".json")
+        return self.image_path.with_suffix(FLAGGED_SIDECAR if self.flagged else ".json")
 
 
 def public_metadata(metadata: dict) -> dict:
@@ -163,6 +172,20 @@ class ResultStore:
                 path.unlink(missing_ok=True)
             raise
         return SavedResult(result_id, image_path, record)
+
+    def save_flagged(self, metadata: dict, size: tuple[int, int], inputs: dict[str, Image.Image] | None = None,
+                     owner: str = "anon") -> SavedResult:
+        """The record of a result the safety checker flagged: its sidecar only (``"flagged": true``, no image,
+        no input files even with save_inputs), under a name no listing picks up."""
+        now = self._now()
+        image_path = self.path_for_new(owner, now)
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        record = {**metadata, "id": self.id_of(image_path), "created": now.isoformat(timespec="seconds"),
+                  "image": None, "flagged": True, "size": list(size), "owner": owner,
+                  "inputs": {role: image_digest(img) for role, img in (inputs or {}).items()}}
+        body = json.dumps(record, indent=2, sort_keys=True).encode()
+        write_atomically(image_path.with_suffix(FLAGGED_SIDECAR), lambda handle: handle.write(body))
+        return SavedResult(record["id"], image_path, record)
 
     # -- reading --------------------------------------------------------------------------------
 

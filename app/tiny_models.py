@@ -62,14 +62,15 @@ VAE_CONFIG = {
 
 def write_tiny_models(models_dir: Path | str, settings: Settings | None = None, seed: int = 0, *,
                       unet_config: dict | None = None, vae_config: dict | None = None, adapter_std: float = 0.3,
-                      device: str = "cpu", with_parser: bool = True) -> ModelPaths:
+                      device: str = "cpu", with_parser: bool = True, with_safety: bool = True) -> ModelPaths:
     """Write the tiny set under ``models_dir/<org>/<repo>/`` and return the folders the pipeline takes.
 
     Each repo folder is built under a temporary name and renamed into place, so a crash never
     leaves a half-written model behind. ``unet_config`` and ``vae_config`` replace the tiny sizes
     (bench/gpu.py writes the full SD-1.5 sizes this way), ``adapter_std`` is the spread of the random
     adapter weights, and ``device`` is where the weights are initialised (a GPU makes full-size ones
-    in seconds). The tiny human parser comes along unless ``with_parser`` is False.
+    in seconds). The tiny human parser comes along unless ``with_parser`` is False, and the tiny safety
+    checker (in the base repo's folder, never flagging) unless ``with_safety`` is False.
     """
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -92,6 +93,8 @@ def write_tiny_models(models_dir: Path | str, settings: Settings | None = None, 
                   str(base / "unet" / UNET_WEIGHTS[0]), metadata={"format": "pt"})
         (base / "scheduler").mkdir()
         (base / "scheduler" / "scheduler_config.json").write_text(json.dumps(SCHEDULER_CONFIG, indent=2))
+        if with_safety:
+            write_safety_checker(base, seed=seed)
 
     with _staged(models_dir / settings.vae_repo) as vae_dir:
         vae.to("cpu").save_pretrained(vae_dir, safe_serialization=True)
@@ -131,11 +134,70 @@ def write_tiny_parser(folder: Path, seed: int = 0) -> None:
             "do_reduce_labels": False}, indent=2))
 
 
+# A CLIP vision tower of Stable Diffusion's safety checker, small enough to run in milliseconds (the checker
+# uses the vision half only; the text half is CLIPConfig's required companion, kept as small).
+SAFETY_CLIP_CONFIG = {
+    "projection_dim": 16,
+    "vision_config": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                      "image_size": 32, "patch_size": 4},
+    "text_config": {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4,
+                    "vocab_size": 99, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
+                    "pad_token_id": 1},
+}
+# The checker flags an image when its cosine similarity to a concept passes the concept's threshold (at most
+# 1, plus a 0.01 adjustment): over 1.01 none ever passes. A threshold below -1 makes every image pass one.
+SAFETY_NEVER_FLAGS = 2.0
+SAFETY_ALWAYS_FLAGS = -2.0
+
+
+def write_safety_checker(base: Path, seed: int = 0, *, clip_config: dict | None = None,
+                         threshold: float = SAFETY_NEVER_FLAGS, device: str = "cpu") -> None:
+    """Stable Diffusion's safety checker in the base repo's layout: ``safety_checker/`` (config.json,
+    model.safetensors) and ``feature_extractor/preprocessor_config.json`` for CLIPImageProcessor.
+    ``clip_config`` replaces the tiny sizes (bench/gpu.py writes the real ViT-L/14 ones); every concept
+    threshold is ``threshold`` (the default never flags)."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    clip = clip_config or SAFETY_CLIP_CONFIG
+    torch.manual_seed(seed)
+    with torch.device(device):
+        checker = StableDiffusionSafetyChecker(CLIPConfig(**clip))
+    with torch.no_grad():
+        checker.concept_embeds.normal_()
+        checker.special_care_embeds.normal_()
+    checker.to("cpu").save_pretrained(base / "safety_checker", safe_serialization=True)
+    set_safety_thresholds(base / "safety_checker", threshold)
+    side = clip["vision_config"]["image_size"]
+    (base / "feature_extractor").mkdir(parents=True, exist_ok=True)
+    (base / "feature_extractor" / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": side},
+        "resample": 3, "do_center_crop": True, "crop_size": {"height": side, "width": side}, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "do_convert_rgb": True}, indent=2))
+
+
+def set_safety_thresholds(folder: Path, threshold: float) -> None:
+    """Rewrite every concept threshold of the safety checker in ``folder`` (its model.safetensors), so that
+    it never (``SAFETY_NEVER_FLAGS``) or always (``SAFETY_ALWAYS_FLAGS``) flags."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / "model.safetensors"
+    state = load_file(str(path))
+    for name in ("concept_embeds_weights", "special_care_embeds_weights"):
+        state[name] = torch.full_like(state[name], threshold)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+
+
 def ensure_tiny_models(settings: Settings) -> ModelPaths:
     """The tiny set for ``settings`` (``settings.models_dir``), written first if it is not there yet."""
     from app.weights import missing_files
 
-    if missing_files(settings, with_parser=True):
+    if missing_files(settings, with_parser=True, with_safety=True):
         write_tiny_models(settings.models_dir, settings)
     return model_paths(settings)
 

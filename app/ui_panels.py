@@ -15,7 +15,7 @@ STUDIO_CSS = """
 .tryon-progress { display: flex; flex-direction: column; gap: 4px; font-size: 0.9em; min-height: 1.6em }
 .tryon-bar { height: 6px; border-radius: 3px; background: var(--neutral-200); overflow: hidden }
 .tryon-bar > div { height: 100%; background: var(--color-accent); transition: width 0.2s }
-.tryon-progress.error span { color: var(--error-text-color) }
+.tryon-progress.error span, .tryon-progress.flagged span { color: var(--error-text-color) }
 #person, #person .image-container { max-width: 100% }
 #examples-person .grid-wrap, #examples-garment .grid-wrap { overflow-y: auto }
 .hint p { font-size: 0.85em; opacity: 0.8; margin: 2px 0 }

@@ -13,6 +13,9 @@ from app.config import Settings
 
 log = logging.getLogger(__name__)
 PARSER_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+# Stable Diffusion's safety checker and its image processor, from the base repo (optional: TRYON_SAFETY).
+SAFETY_FILES = ("safety_checker/config.json", "safety_checker/model.safetensors",
+                "feature_extractor/preprocessor_config.json")
 MANIFEST = "manifest.json"
 
 UNET_WEIGHTS = ("diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.safetensors")
@@ -45,10 +48,12 @@ class ModelPaths:
     adapter: Path
 
 
-def required_files(settings: Settings, with_parser: bool = False) -> list[ModelFile]:
-    """Exactly the files the pipeline reads (DESIGN §5), not whole snapshots; the parser's when asked."""
+def required_files(settings: Settings, with_parser: bool = False, with_safety: bool = False) -> list[ModelFile]:
+    """Exactly the files the pipeline reads (DESIGN §5), not whole snapshots; the parser's and the safety
+    checker's when asked."""
     adapter_dir = f"{settings.adapter_folder}/attention"
     parser = [ModelFile(settings.parser_repo, name) for name in PARSER_FILES] if with_parser else []
+    parser += safety_files(settings) if with_safety else []
     return parser + [
         ModelFile(settings.base_repo, "unet/config.json"),
         ModelFile(settings.base_repo, f"unet/{UNET_WEIGHTS[0]}"),
@@ -57,6 +62,10 @@ def required_files(settings: Settings, with_parser: bool = False) -> list[ModelF
         ModelFile(settings.vae_repo, "diffusion_pytorch_model.safetensors"),
         ModelFile(settings.adapter_repo, f"{adapter_dir}/{ADAPTER_FILE}"),
     ]
+
+
+def safety_files(settings: Settings) -> list[ModelFile]:
+    return [ModelFile(settings.base_repo, path) for path in SAFETY_FILES]
 
 
 def model_paths(settings: Settings, models_dir: Path | None = None) -> ModelPaths:
@@ -68,10 +77,10 @@ def model_paths(settings: Settings, models_dir: Path | None = None) -> ModelPath
     )
 
 
-def missing_files(settings: Settings, with_parser: bool = False) -> list[ModelFile]:
+def missing_files(settings: Settings, with_parser: bool = False, with_safety: bool = False) -> list[ModelFile]:
     root = settings.models_dir
     missing = []
-    for item in required_files(settings, with_parser=with_parser):
+    for item in required_files(settings, with_parser=with_parser, with_safety=with_safety):
         if item.path.startswith("unet/diffusion_pytorch_model"):
             # Either precision of the UNet will do; the selection fetches the smaller fp16 file.
             if not any((root / item.repo / "unet" / name).is_file() for name in UNET_WEIGHTS):
@@ -82,8 +91,9 @@ def missing_files(settings: Settings, with_parser: bool = False) -> list[ModelFi
 
 
 def check_weights(settings: Settings) -> ModelPaths:
-    """The model folders, or :class:`MissingWeightsError` saying what is missing and what to run."""
-    missing = missing_files(settings)
+    """The model folders, or :class:`MissingWeightsError` saying what is missing and what to run (the safety
+    checker's files too when TRYON_SAFETY is on)."""
+    missing = missing_files(settings, with_safety=settings.safety)
     if missing:
         raise MissingWeightsError(missing_weights_message(settings, missing))
     return model_paths(settings)
@@ -102,6 +112,9 @@ def missing_weights_message(settings: Settings, missing: list[ModelFile]) -> str
         by_repo.setdefault(item.repo, []).append(item.path)
     for repo, paths in by_repo.items():
         lines.append(f"  hf download {repo} {' '.join(paths)} --local-dir {root / repo}")
+    if any(item.path in SAFETY_FILES for item in missing):
+        lines.append("Or: python -m app download --with-safety (TRYON_SAFETY is on; the checker's files are "
+                     "optional with it off).")
     lines.append("Or run offline on tiny random-weight models: --tiny (or TRYON_TINY_MODELS=1).")
     return "\n".join(lines)
 
@@ -109,7 +122,7 @@ def missing_weights_message(settings: Settings, missing: list[ModelFile]) -> str
 # -- download ---------------------------------------------------------------------------------------
 
 def download(settings: Settings, models_dir: Path | None = None, with_parser: bool = False,
-             endpoint: str | None = None, show_progress: bool = True) -> dict:
+             endpoint: str | None = None, show_progress: bool = True, with_safety: bool = False) -> dict:
     """Fetch the selected files into ``models_dir/<org>/<repo>/<path>``, verified, and write the manifest.
 
     huggingface_hub resolves each file (revision, size, hash, CDN location, auth headers); the bytes
@@ -121,13 +134,13 @@ def download(settings: Settings, models_dir: Path | None = None, with_parser: bo
 
     offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, False  # an explicit download may use the Hub
     try:
-        return _download(settings, models_dir, with_parser, endpoint, show_progress)
+        return _download(settings, models_dir, with_parser, endpoint, show_progress, with_safety)
     finally:
         constants.HF_HUB_OFFLINE = offline
 
 
 def _download(settings: Settings, models_dir: Path | None, with_parser: bool, endpoint: str | None,
-              show_progress: bool) -> dict:
+              show_progress: bool, with_safety: bool = False) -> dict:
     import socket
 
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
@@ -139,7 +152,7 @@ def _download(settings: Settings, models_dir: Path | None, with_parser: bool, en
     staging = models_dir / ".staging"
     headers = build_hf_headers(library_name="catvton-volume")
     entries, fetched = [], 0
-    for item in required_files(settings, with_parser=with_parser):
+    for item in required_files(settings, with_parser=with_parser, with_safety=with_safety):
         final = item.local(models_dir)
         try:
             meta = get_hf_file_metadata(hf_hub_url(item.repo, item.path, endpoint=endpoint), headers=headers)

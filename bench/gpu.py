@@ -15,7 +15,9 @@ In one run it measures:
 - the FLOP floor: one CFG-batched UNet call counted by FlopCounterMode, times the steps, over a
   measured matmul throughput;
 - the first try-on after an Engine reports ready against its third (steady) one, and draft mode;
-- a fresh process (page cache dropped where allowed): imports, load, compile and warm-up, first image.
+- a fresh process (page cache dropped where allowed): imports, load, compile and warm-up, first image;
+- the safety checker (TRYON_SAFETY) per result: Stable Diffusion's full-size checker (CLIP ViT-L/14) on CUDA,
+  the tiny kit's on the CPU (--safety-size full measures the real size there too).
 It writes JSON (--out) and prints a Markdown table for bench/RESULTS.md; progress goes to stderr.
 """
 
@@ -71,6 +73,11 @@ SD_VAE_FT_MSE = {
     "sample_size": 256,
     "scaling_factor": 0.18215,
 }
+# The real config of stable-diffusion-inpainting's safety_checker/: a CLIP ViT-L/14 vision tower (the checker
+# builds no text tower; CLIPConfig's text defaults stand in).
+SD_SAFETY_CHECKER = {"projection_dim": 768,
+                     "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                                       "num_attention_heads": 16, "image_size": 224, "patch_size": 14}}
 # About the spread of trained attention weights; the tiny set's 0.3 would saturate full-size softmaxes.
 FULL_ADAPTER_STD = 0.02
 
@@ -80,7 +87,7 @@ SINGLE_SPEEDUPS = {"eager": {}, "fuse_qkv": {"fuse_qkv": True}, "channels_last":
                    "compile_tuned": {"compile": True, "compile_tuning": True}}
 SPEEDUP_FLAGS = ("fuse_qkv", "channels_last", "cudnn_benchmark", "compile", "compile_tuning")
 VARIANTS = ("eager", "fuse_qkv", "channels_last", "cudnn_benchmark", "all", "compile", "compile_tuned", "reference")
-SECTIONS = ("flops", "parity", "first_request", "draft", "cold")
+SECTIONS = ("flops", "parity", "first_request", "draft", "safety", "cold")
 DEFAULTS = {  # per device: size, steps, repeats, parity size and steps
     "cuda": {"width": 768, "height": 1024, "steps": 50, "repeats": 2, "parity": (384, 512), "parity_steps": 10},
     "cpu": {"width": 96, "height": 128, "steps": 4, "repeats": 3, "parity": (64, 96), "parity_steps": 6},
@@ -125,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "by default only the guided shape is compiled, to fit the time budget")
     parser.add_argument("--parity-size", help="WxH of the fp32 parity run (default 384x512 on CUDA, 64x96 on CPU)")
     parser.add_argument("--parity-steps", type=int)
+    parser.add_argument("--safety-size", choices=("auto", "tiny", "full"), default="auto",
+                        help="the safety checker's size: auto follows the models (full on CUDA, tiny on the CPU)")
     parser.add_argument("--no-drop-caches", action="store_true",
                         help="keep the page cache before the cold process (by default it is dropped when writable)")
     parser.add_argument("--cold-timeout", type=float, default=420.0, help="seconds the cold process may take")
@@ -301,7 +310,7 @@ def write_models(bench: Bench) -> dict:
     else:
         # Initialised on the GPU where there is one: the CPU takes a minute for 860 M parameters.
         write_tiny_models(settings.models_dir, settings, unet_config=SD15_INPAINT_UNET, vae_config=SD_VAE_FT_MSE,
-                          adapter_std=FULL_ADAPTER_STD, device=bench.device, with_parser=False)
+                          adapter_std=FULL_ADAPTER_STD, device=bench.device, with_parser=False, with_safety=False)
     bench.free_memory()
     seconds = time.perf_counter() - started
     size = sum(p.stat().st_size for p in settings.models_dir.rglob("*") if p.is_file())
@@ -506,6 +515,35 @@ def run_parity(bench: Bench) -> dict:
     log(f"parity: max |diff| {result['max_abs_diff']}, mean {result['mean_abs_diff']} (control max "
         f"{result['control_seed_plus_1']['max_abs_diff']})")
     return result
+
+
+def run_safety(bench: Bench) -> dict:
+    """The safety checker's cost per result (app.safety, as the engine loads it with TRYON_SAFETY): random
+    weights at the checker's real size or the tiny kit's, checking an image of the try-on's size."""
+    from app.safety import SafetyChecker
+    from app.tiny_models import write_safety_checker
+
+    full = bench.args.safety_size == "full" or (bench.args.safety_size == "auto" and not bench.tiny)
+    folder = bench.scratch / "safety"
+    started = time.perf_counter()
+    write_safety_checker(folder, clip_config=SD_SAFETY_CHECKER if full else None,
+                         device=bench.device if full else "cpu")
+    written = time.perf_counter() - started
+    bench.free_memory()
+    started = time.perf_counter()
+    checker = SafetyChecker.from_pretrained(folder, bench.device, bench.dtype)
+    bench.sync()
+    load = time.perf_counter() - started
+    # The model's output the service checks: 768x1024 at full size (the checker resizes it to 224 px).
+    size = (768, 1024) if full else (bench.width, bench.height)
+    image = bench.person.convert("RGB").resize(size)
+    verdict = checker.check(image)
+    timing, _ = time_runs(bench, lambda: checker.check(image))
+    parameters = sum(p.numel() for p in checker.model.parameters())
+    checker = None
+    return {"size": "full (CLIP ViT-L/14)" if full else "tiny", "parameters": parameters,
+            "image": f"{size[0]}x{size[1]}", "write_s": round(written, 2), "load_s": round(load, 3),
+            "flagged": verdict.flagged, **timing}
 
 
 def limit_compile_shapes() -> None:
@@ -791,6 +829,12 @@ def markdown(results: dict) -> str:
                      f"diffusers {cold['import_diffusers_s']:.2f} s, app {cold['import_app_s']:.2f} s, load "
                      f"{cold['load_s']:.2f} s, {_phase(cold, 'compile')}, {_phase(cold, 'warm-up')}, "
                      f"first image {cold['first_image_s']:.2f} s; {cold['process_wall_s']:.1f} s to exit.")
+    safety = results.get("safety")
+    if safety and "seconds_per_image" in safety:
+        lines.append(f"- Safety checker ({safety['size']}, {safety['parameters'] / 1e6:.1f} M parameters, random "
+                     f"weights) on a {safety['image']} result: {safety['seconds_per_image']:.4f} s per image "
+                     f"(first {safety['first_run_s']:.4f} s), load {safety['load_s']:.2f} s, peak "
+                     f"{_num(safety.get('peak_allocated_gb'))} GB: added to every try-on with TRYON_SAFETY on.")
     for name, error in results.get("errors", {}).items():
         lines.append(f"- {name} FAILED: {error}")
     for note in results.get("notes", []):
@@ -852,7 +896,7 @@ def run_order(args: argparse.Namespace) -> list[str]:
     process), then the single speed-ups: a run cut short by its budget still answers the issue."""
     first = [name for name in ("eager", "all", "reference") if name in args.variants]
     later = [name for name in args.variants if name not in first]
-    sections = [name for name in ("parity", "first_request", "cold") if name not in args.skip]
+    sections = [name for name in ("parity", "first_request", "safety", "cold") if name not in args.skip]
     if "first_request" not in sections and "draft" not in args.skip:
         sections.insert(1, "first_request")  # draft runs on the engine that section loads
     return first + sections + later
@@ -883,6 +927,9 @@ def run_step(bench: Bench, step: str, images: dict) -> None:
                 results["first_request"] = first
             if draft is not None:
                 results["draft"] = draft
+    elif step == "safety":
+        with section(bench, "safety checker"):
+            results["safety"] = run_safety(bench)
     elif step == "cold":
         with section(bench, "cold process"):
             results["cold"] = run_cold(bench)

@@ -48,11 +48,13 @@ def test_bench_runs_on_the_cpu_and_reports_every_measure(tmp_path):
     for phase in ("import_torch_s", "import_diffusers_s", "load_s", "warmup_s", "first_image_s"):
         assert cold[phase] > 0, phase
     assert results["parity"]["note"].startswith("skipped")
+    safety = results["safety"]  # the tiny kit's checker on the CPU
+    assert safety["size"] == "tiny" and safety["seconds_per_image"] > 0 and safety["flagged"] is False
 
     table = table_file.read_text()
     assert table.strip() == done.stdout.strip() and table == results["table"]
     for name in VARIANTS:
         assert f"| {name} " in table
     assert "| reference | skipped: no --reference checkout given |" in table
-    assert "FLOP floor" in table and "Cold process" in table and "Draft" in table
+    assert "FLOP floor" in table and "Cold process" in table and "Draft" in table and "Safety checker" in table
     assert results["command"].startswith("python ") and "--variants" in results["command"]
