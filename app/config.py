@@ -94,9 +94,27 @@ class Settings:
         minimum=2, maximum=100)
     mask_blur: float = _setting(9.0, "Default Gaussian blur radius applied to masks before the try-on.",
                                 minimum=0.0, maximum=50.0)
-    queue_max: int = _setting(8, "Try-ons that may wait (studio) or be in progress (REST, from arrival to answer); "
-                              "more get a busy answer (429 with Retry-After).",
+    queue_max: int = _setting(32, "Try-on requests that may wait (studio, Gradio API) or be in progress (REST, from "
+                              "arrival to answer), all owners together; more get a busy answer (429 with Retry-After).",
                               minimum=1, maximum=1000)
+    max_waiting_per_owner: int = _setting(
+        12, "Try-ons of one owner (a login or API key; visitors and anonymous calls by address) that may wait or run "
+        "at once, a batch counted by its try-ons; more get 429 with Retry-After, other owners are not affected. The "
+        "GPU serves owners in turn.", minimum=1, maximum=1000)
+    quota: str = _setting(
+        "", "Try-ons per owner per clock period (UTC), counted across the workers of the volume: one rule for everyone "
+        "(30/h) or per kind (visitor=10/h,user=50/h,key=500/d; a kind left out has none; units m, h, d, e.g. 15m). "
+        "Visitors and anonymous calls count by address. Empty or off: no quota. Over it: 429 with Retry-After.")
+    login_limit: str = _setting(
+        "10/15m", "Failed sign-ins allowed per account and per address in a period (N/m, N/h, N/d), counted across "
+        "workers; more, even with the right password, are refused (429 with Retry-After) until the period has "
+        "passed. off: no limit.")
+    trust_proxy: bool = _setting(
+        False, "Take the client's address from the first X-Forwarded-For entry (behind a proxy you run, such as "
+        "RunPod's): visitors' and anonymous callers' fair share, quotas and login limits are counted by address.")
+    safety: bool = _setting(
+        False, "Run Stable Diffusion's safety checker on every result (weights: download --with-safety); a flagged "
+        "result is not saved as an image. Recommended with --share.")
     batch_max: int = _setting(12, "Most try-ons in one batch (persons x garments x seeds); a larger batch is refused "
                               "(400) before any work.", minimum=1, maximum=100)
     save_inputs: bool = _setting(False, "Also keep the person, garment and mask images next to each result.")
@@ -238,7 +256,7 @@ LAUNCHER_SETTINGS = (
      "one per core."),
     ("TRYON_FAILPOINTS", "", "PHASE=pause:S or PHASE=kill, ...",
      "For tests only: freeze (no heartbeat) or kill the launcher at a phase: locked, venv-built, installed, "
-     "packed, archive-published, manifest-published, unpacking."),
+     "packing, packed, archive-published, manifest-published, unpacking."),
 )
 
 
@@ -317,7 +335,7 @@ def _parse(f: dataclasses.Field, hint, raw, source: str):
         if text.lower() not in meta["choices"]:
             raise fail("one of " + ", ".join(meta["choices"]))
         return text.lower()
-    if not text and not meta["secret"]:
+    if not text and not meta["secret"] and f.default != "":  # where empty is the default, it may be said
         raise fail("a non-empty value")
     return text
 
