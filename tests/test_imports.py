@@ -20,3 +20,13 @@ def test_engine_status_works_without_torch():
             "print(Engine(Settings.from_env({}, volume='v')).status().state, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["unloaded", "False"]
+
+
+def test_a_metrics_scrape_imports_no_torch():
+    code = ("import sys; from app.config import Settings; from app.engine import Engine; "
+            "from app.metrics import Metrics; "
+            "queue = type('Queue', (), {'queue_state': lambda self: {'waiting': 0, 'running': False, 'max': 1}})(); "
+            "body, _ = Metrics(queue, Engine(Settings.from_env({}, volume='v'))).exposition(None); "
+            "print(b'tryon_engine_state{state=\"unloaded\"} 1.0' in body, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
