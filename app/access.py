@@ -19,11 +19,14 @@ import math
 import os
 import secrets
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from app.config import SettingError, Settings
+from app.quotas import LoginLimit
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +98,17 @@ class Access:
         self._secret = secret
         self.gallery = gallery
         self.sessions = SessionGenerations(sessions_dir, secret)
+        self.parties = Parties()
+        self.logins = LoginLimit(None)  # TRYON_LOGIN_LIMIT: from_settings counts on the volume (app.quotas)
 
     @classmethod
     def from_settings(cls, settings: Settings, secret: bytes | None = None) -> Access:
         users = parse_pairs(settings.auth, "TRYON_AUTH (--auth)", "a user:password login")
         keys = parse_pairs(settings.api_keys, "TRYON_API_KEYS", "a name:key API key")
-        return cls(users, keys, secret if secret is not None else load_secret(settings.layout.root), settings.gallery,
-                   sessions_dir=settings.layout.root / ".secrets" / "sessions")
+        access = cls(users, keys, secret if secret is not None else load_secret(settings.layout.root),
+                     settings.gallery, sessions_dir=settings.layout.root / ".secrets" / "sessions")
+        access.logins = LoginLimit.from_settings(settings, access.secret)
+        return access
 
     @property
     def secret(self) -> bytes:
@@ -145,11 +152,8 @@ class Access:
 
     def basic(self, header: str) -> Identity | None:
         """The identity in an ``Authorization: Basic`` header value, or None when it does not hold."""
-        try:
-            user, sep, password = _unb64(header.split(" ", 1)[1].strip()).decode("utf-8").partition(":")
-        except (IndexError, ValueError, UnicodeDecodeError):
-            return None
-        return self.login(user, password, via="basic") if sep else None
+        credentials = basic_credentials(header)
+        return self.login(*credentials, via="basic") if credentials else None
 
     # -- cookies --------------------------------------------------------------------------------
 
@@ -196,6 +200,53 @@ class Access:
         bound = (self._users.get(value, b"") + b"\0" + str(self.sessions.current(value)).encode()
                  if kind == "u" else b"")
         return _b64(hmac.new(self._secret, payload.encode() + b"\0" + bound, hashlib.sha256).digest()[:24])
+
+
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """(user, password) from an ``Authorization: Basic`` header value, or None when it holds none."""
+    try:
+        user, sep, password = _unb64(header.split(" ", 1)[1].strip()).decode("utf-8").partition(":")
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
+
+
+def party_of(owner: str, address: str | None) -> str:
+    """Whom a try-on or a sign-in is counted against (fair share, quotas, login limits): a login or an API key
+    by its name; a visitor or an anonymous call by the client's address, so that a visitor who drops the
+    cookie, or a script that sends none, is still the same party."""
+    if owner.startswith("user:"):
+        return owner
+    return f"addr:{address or 'unknown'}"
+
+
+class Parties:
+    """The party (``party_of``) behind each owner the guard has let in, for the service to count against:
+    recorded by the guard from the connection, never from anything the client chose. Bounded: the oldest
+    owners are forgotten first (an anonymous REST call is a new owner every time)."""
+
+    def __init__(self, size: int = 20_000):
+        self._size = size
+        self._known: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def record(self, owner: str, address: str | None) -> str:
+        party = party_of(owner, address)
+        if party == owner:
+            return party
+        with self._lock:
+            self._known[owner] = party
+            self._known.move_to_end(owner)
+            while len(self._known) > self._size:
+                self._known.popitem(last=False)
+        return party
+
+    def of(self, owner: str) -> str:
+        """The owner's party; an owner the guard never recorded (tests, the CLI) counts as itself."""
+        if owner.startswith("user:"):
+            return owner
+        with self._lock:
+            return self._known.get(owner, owner)
 
 
 class SessionGenerations:

@@ -29,6 +29,14 @@ class RunTimedOut(GenerationCancelled):
     """A try-on ran past TRYON_MAX_RUN_S and was stopped between steps."""
 
 
+class BusyError(RuntimeError):
+    """Too many try-ons are already waiting (all callers, or this one); retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 60):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class DeviceError(RuntimeError):
     """The configured device or dtype cannot be used on this machine."""
 

@@ -36,12 +36,13 @@ from urllib.parse import parse_qsl, urlencode
 import anyio
 from fastapi.responses import JSONResponse
 
-from app.errors import error_body
+from app.errors import BusyError, error_body
 from app.gradio_checks import FileLedger, Limits, Refused, check_inputs, file_dicts, shown
 
 log = logging.getLogger(__name__)
 
 API = "/gradio_api"
+TRYON = "tryon"  # the concurrency id of every try-on event (the studio's Run, /tryon, /tryon_batch)
 GRACE_S = 2.0  # a stream closed for this long, and not reopened, means the client has left
 # Gradio routes the app uses that take no file and no session: passed through as they are.
 OPEN_API = {"/info", "/info/", "/openapi.json", "/startup-events", "/app_id", "/app_id/", "/user", "/user/",
@@ -99,9 +100,12 @@ class GradioDoor:
     """ASGI middleware between the guard and Gradio; see the module's docstring."""
 
     def __init__(self, app, blocks, identity_of: Callable, ledger: FileLedger, streams: Streams, limits: Limits,
-                 retry_after: Callable[[], int]):
+                 retry_after: Callable[[], int], owner_check: Callable[[str], None] = lambda owner: None,
+                 on_busy: Callable[[], None] = lambda: None):
         self.app, self.blocks, self.identity_of = app, blocks, identity_of
         self.ledger, self.streams, self.limits, self.retry_after = ledger, streams, limits, retry_after
+        self.owner_check = owner_check  # BusyError when this owner already has their most try-ons waiting
+        self.on_busy = on_busy  # told when Gradio's own queue is full (the metrics count it as refused)
         self._secret = secrets.token_bytes(32)
         self._events: dict[str, tuple[str, str]] = {}  # event id -> (owner, session key)
         for file in file_dicts(blocks.config):  # the page's own files (examples, defaults): everyone's
@@ -209,6 +213,12 @@ class GradioDoor:
             await refuse(scope, receive, send, 400, "invalid_request", "session_hash must be a string of 1 to "
                          "128 characters.")
             return
+        if getattr(fn, "concurrency_id", None) == TRYON:
+            try:
+                self.owner_check(owner)
+            except BusyError as busy:  # this caller's own limit: others are not affected
+                await refuse(scope, receive, send, 429, "busy", str(busy), {"Retry-After": str(busy.retry_after)})
+                return
         try:
             await anyio.to_thread.run_sync(check_inputs, fn, body["data"], owner, self.ledger, self.limits)
         except Refused as refusal:
@@ -227,6 +237,7 @@ class GradioDoor:
         passed_on = json.dumps(body).encode()
         status, headers, answer = await self.call_buffered(scope, replaced_body(receive, passed_on), passed_on)
         if status == 503:
+            self.on_busy()
             retry = self.retry_after()
             await refuse(scope, receive, send, 503, "busy", f"busy: the queue is full; try again in about {retry} s.",
                          {"Retry-After": str(retry)})

@@ -19,12 +19,16 @@ import json
 from http.cookies import SimpleCookie
 from urllib.parse import quote
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from app.access import COOKIE, LOGIN_DAYS, VISITOR_DAYS, Access, Identity
+from app.access import COOKIE, LOGIN_DAYS, VISITOR_DAYS, Access, Identity, basic_credentials
+from app.errors import error_body
+from app.quotas import QuotaExceeded, kind_of
 
 IDENTITY = "tryon.identity"
+ADDRESS = "tryon.address"  # the caller's address (client_address), for the login limit of POST /login
 OPEN_PATHS = {"/ping", "/login", "/logout", "/favicon.ico"}
 REALM = 'Basic realm="catvton-volume", charset="UTF-8"'
 
@@ -48,12 +52,21 @@ def request_owner(request) -> str:
     return owner
 
 
+def request_kind(request) -> str:
+    """The kind of caller behind a Gradio event (``gr.Request``) for TRYON_QUOTA: visitor, user or key (a
+    script sending X-API-Key to the Gradio API), from the identity the guard put on its request."""
+    inner = getattr(request, "request", None)
+    identity = identity_of(inner) if inner is not None else None
+    return kind_of(request_owner(request), identity.via if identity is not None else None)
+
+
 class Guard:
     """ASGI middleware; wraps the whole app (Gradio included)."""
 
-    def __init__(self, app, access: Access):
+    def __init__(self, app, access: Access, trust_proxy: bool = False):
         self.app = app
         self.access = access
+        self.trust_proxy = trust_proxy  # TRYON_TRUST_PROXY: the address is X-Forwarded-For's first entry
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket") or scope["path"] == "/ping":
@@ -62,7 +75,16 @@ class Guard:
         headers = {}
         for key, value in scope.get("headers", []):
             headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
-        identity, problem = self.identify(headers)
+        address = scope[ADDRESS] = client_address(scope, headers, self.trust_proxy)
+        if self.access.logins.active and headers.get("authorization", "")[:6].lower() == "basic ":
+            # HTTP Basic is a sign-in: counted on the volume (TRYON_LOGIN_LIMIT), off the event loop
+            identity, problem = await anyio.to_thread.run_sync(self.identify, headers, address)
+        else:
+            identity, problem = self.identify(headers, address)
+        if isinstance(problem, QuotaExceeded):
+            await self.refuse(scope, receive, send, str(problem), 429, "too_many_attempts",
+                              {"Retry-After": str(problem.retry_after)})
+            return
         if problem:
             await self.refuse(scope, receive, send, problem)
             return
@@ -78,12 +100,14 @@ class Guard:
                         await self.refuse(scope, receive, send, "sign in: send HTTP Basic credentials "
                                           "(curl -u user:password) or an API key in the X-API-Key header.")
                     return
-            elif scope["path"].startswith("/v1/"):
+            elif scope["path"].startswith("/v1/") or scope["path"] == "/metrics":  # scripts: no visitor cookie
                 identity = self.access.anonymous()
             else:
                 identity = self.access.new_visitor()
                 new_cookie = session_cookie(self.access.cookie_for(identity), VISITOR_DAYS, secure(scope, headers))
         scope[IDENTITY] = identity
+        if identity is not None:
+            self.access.parties.record(identity.owner, address)
         if new_cookie is None:
             await self.app(scope, receive, send)
             return
@@ -96,8 +120,11 @@ class Guard:
 
         await self.app(scope, receive, send_with_cookie)
 
-    def identify(self, headers: dict[str, str]) -> tuple[Identity | None, str | None]:
-        """(identity, None), (None, None) when no credentials came, or (None, why) when they are wrong."""
+    def identify(self, headers: dict[str, str], address: str | None = None
+                 ) -> tuple[Identity | None, str | QuotaExceeded | None]:
+        """(identity, None), (None, None) when no credentials came, (None, why) when they are wrong, or
+        (None, QuotaExceeded) when HTTP Basic sign-ins of that user name or address are over TRYON_LOGIN_LIMIT
+        (a wrong password counts; past the limit a right one is refused too)."""
         key = headers.get("x-api-key")
         if key is not None:
             if not self.access.has_keys:
@@ -108,19 +135,39 @@ class Guard:
         if authorization[:6].lower() == "basic " and not self.access.required:
             return None, "this server has no logins (TRYON_AUTH): send no user name and password."
         if authorization[:6].lower() == "basic ":
-            identity = self.access.basic(authorization)
+            credentials = basic_credentials(authorization)
+            if credentials is None:
+                return None, "the user name or password is wrong."
+            user, password = credentials
+            try:
+                identity = self.access.logins.attempt(user, address,
+                                                      lambda: self.access.login(user, password, via="basic"))
+            except QuotaExceeded as exc:
+                return None, exc
             return (identity, None) if identity else (None, "the user name or password is wrong.")
         cookie = cookie_value(headers.get("cookie", ""))
         return (self.access.from_cookie(cookie) if cookie else None), None
 
     @staticmethod
-    async def refuse(scope, receive, send, message: str) -> None:
+    async def refuse(scope, receive, send, message: str, status: int = 401, code: str = "unauthorized",
+                     headers: dict[str, str] | None = None) -> None:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        response = JSONResponse({"error": {"code": "unauthorized", "message": message}}, status_code=401,
-                                headers={"WWW-Authenticate": REALM})
+        response = JSONResponse(error_body(code, message), status_code=status,
+                                headers=headers if headers is not None else {"WWW-Authenticate": REALM})
         await response(scope, receive, send)
+
+
+def client_address(scope, headers: dict[str, str], trust_proxy: bool) -> str | None:
+    """The caller's address: the connection's, or (behind a proxy the operator trusts) the first entry of
+    X-Forwarded-For, which only that proxy can set."""
+    if trust_proxy:
+        forwarded = headers.get("x-forwarded-for", "").split(",")[0].strip()
+        if forwarded:
+            return forwarded[:64]
+    client = scope.get("client")
+    return client[0] if client else None
 
 
 def cookie_value(header: str) -> str | None:
@@ -205,7 +252,18 @@ def add_login_routes(app: FastAPI, access: Access) -> None:
         form = await request.form()
         username, password = str(form.get("username", "")).strip(), str(form.get("password", ""))
         next_path = form.get("next")
-        identity = access.login(username, password) if access.required else None
+        try:  # failed sign-ins are counted per user name and address (TRYON_LOGIN_LIMIT), on the volume
+            identity = (await anyio.to_thread.run_sync(access.logins.attempt, username, request.scope.get(ADDRESS),
+                                                       lambda: access.login(username, password))
+                        if access.required else None)
+        except QuotaExceeded as exc:
+            await asyncio.sleep(0.5)
+            retry = {"Retry-After": str(exc.retry_after)}
+            if next_path is not None:
+                page = login_page(safe_next(str(next_path)), str(exc)[0].upper() + str(exc)[1:], username, 429)
+                page.headers.update(retry)
+                return page
+            return JSONResponse(error_body("too_many_attempts", str(exc)), status_code=429, headers=retry)
         if identity is None:
             await asyncio.sleep(0.5)  # slows guessing down
             message = "wrong user name or password." if access.required else "this server has no logins."

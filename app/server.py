@@ -34,8 +34,11 @@ from app.errors import (
 from app.guard import Guard, add_login_routes, gradio_user, identity_of
 from app.http_limits import BodyLimit, CatchAll, JsonBodies
 from app.imaging import decode_image
+from app.metrics import Metrics
 from app.outputs import ResultStore, SavedResult
+from app.quotas import QuotaExceeded, TryOnQuota, kind_of
 from app.results_api import add_results_routes
+from app.safety import flagged_message
 from app.service import BatchItem, BusyError, TryOnOptions, TryOnService
 
 log = logging.getLogger(__name__)
@@ -106,9 +109,13 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
     store = ResultStore(settings.layout.outputs, settings.layout.root, save_inputs=settings.save_inputs,
                         secret=access.secret)
     service = TryOnService(settings, engine, store)
+    service.parties = access.parties  # the guard records who is who; the queue counts by it
+    service.quotas = TryOnQuota.from_settings(settings, access.secret)  # a bad TRYON_QUOTA fails the start
+    service.metrics = Metrics(service, engine)
     app = FastAPI(title="catvton-volume", docs_url="/v1/docs", openapi_url="/v1/openapi.json", redoc_url=None)
     app.state.settings, app.state.engine, app.state.service, app.state.access = settings, engine, service, access
     add_health_routes(app, settings, engine)
+    add_metrics_route(app, service.metrics)
     add_login_routes(app, access)
     add_api_routes(app, settings, service)
     add_results_routes(app, service.store, access)
@@ -133,12 +140,13 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
                                   max_file_size=int(settings.max_upload_mb * 1_000_000))
         app.add_middleware(GradioDoor, blocks=blocks, identity_of=identity_of, ledger=FileLedger(), streams=streams,
                            limits=Limits(int(settings.max_upload_mb * 1_000_000), MAX_PIXELS),
-                           retry_after=service.retry_after)
+                           retry_after=service.retry_after, owner_check=service.check_owner,
+                           on_busy=lambda: service.metrics.refused("busy"))
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, limit=int(settings.max_body_mb * 1_000_000),
                        upload_limit=int(settings.max_upload_mb * 1_000_000) * (settings.batch_max + 2))
     app.add_middleware(CatchAll)
-    app.add_middleware(Guard, access=access)
+    app.add_middleware(Guard, access=access, trust_proxy=settings.trust_proxy)
     return app
 
 
@@ -170,17 +178,34 @@ def add_health_routes(app: FastAPI, settings: Settings, engine: Engine) -> None:
         return Response(status_code=status) if status == 204 else JSONResponse({"status": "ready"})
 
 
+def add_metrics_route(app: FastAPI, metrics: Metrics) -> None:
+    """GET /metrics for Prometheus (app.metrics): numbers only, no owner, address or path."""
+    @app.get("/metrics", include_in_schema=False)
+    async def scrape(request: Request) -> Response:  # async: on the event loop, never behind try-ons
+        body, content_type = metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
+
 def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> None:
     @app.get("/v1/status")
     async def status() -> dict:
         return {"engine": service.engine.status().as_dict(), "queue": service.queue_state()}
+
+    @app.get("/v1/quota")
+    def quota(request: Request) -> dict:
+        """The caller's try-ons this period under TRYON_QUOTA (``quota`` null: none applies to them): kind
+        (visitor, user or key), limit, period, used, left, and seconds until the period resets."""
+        caller = identity_of(request)
+        usage = service.quota(caller.owner, kind_of(caller.owner, caller.via))
+        return {"quota": usage.as_dict() if usage else None}
 
     @app.post("/v1/tryon")
     def tryon(body: TryOnBody, request: Request) -> dict:
         arrived = time.perf_counter()
         caller = identity_of(request)
         reader = ImageReader(settings, service.store, listing_owner(request), request)
-        with service.admitted():  # in the queue from here: reading and masks count, not only the GPU
+        service.check_quota(caller.owner, kind_of(caller.owner, caller.via))  # used up: refused before reading
+        with service.admitted(caller.owner):  # in the queue from here: reading and masks count, not only the GPU
             if body.seeds is not None or any(isinstance(v, list) for v in (body.person, body.garment, body.mask)):
                 return tryon_batch(settings, service, body, reader, caller, arrived)
             person = reader.load(body.person, "person")
@@ -189,7 +214,8 @@ def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> N
                     else reader.load(body.mask, "mask"))
             read = time.perf_counter() - arrived
             saved = service.run(person, garment, mask, request_options(settings, body), owner=caller.owner,
-                                started=arrived, progress=stop_check(settings, request, arrived))
+                                started=arrived, progress=stop_check(settings, request, arrived),
+                                kind=kind_of(caller.owner, caller.via))
             return result_answer(saved, bool(body.return_image), arrived, read)
 
 
@@ -239,7 +265,9 @@ def request_options(settings: Settings, body: TryOnBody) -> TryOnOptions:
 def result_answer(saved: SavedResult, return_image: bool, arrived: float, read: float, in_batch: bool = False) -> dict:
     """``width``/``height``: the saved image (the photo's own size with keep_photo); ``generated_width`` and
     ``generated_height``: the size the model made; ``draft``, ``steps_run`` and ``guidance_steps``: whether
-    it was a fast preview and the denoising it ran (guidance_steps null: guided on every step)."""
+    it was a fast preview and the denoising it ran (guidance_steps null: guided on every step). A result the
+    safety checker flagged answers ``"flagged": true`` and a ``message``, with no image, output or size;
+    with the checker on, ``safety`` says "passed" or "flagged"."""
     settings = saved.metadata["settings"]
     answer = {"id": saved.id, "output": saved.metadata["image"], "seed": saved.metadata["seed"],
               "draft": saved.metadata["draft"], "steps_run": settings["steps_run"],
@@ -247,7 +275,13 @@ def result_answer(saved: SavedResult, return_image: bool, arrived: float, read: 
               "timings": saved.metadata["timings"], "width": saved.metadata["size"][0],
               "height": saved.metadata["size"][1], "generated_width": settings["width"],
               "generated_height": settings["height"], "device": saved.metadata["device"]}
-    if return_image:
+    if "safety" in saved.metadata:
+        answer["safety"] = saved.metadata["safety"]
+    if saved.flagged:
+        for key in ("output", "width", "height"):
+            del answer[key]
+        answer.update(flagged=True, message=flagged_message(saved.metadata["seed"]))
+    elif return_image:
         answer["image_base64"] = base64.b64encode(saved.image_path.read_bytes()).decode()
     # Every phase the caller waited for; "total" is the wall clock from the request's arrival to this answer.
     total = time.perf_counter() - arrived
@@ -295,7 +329,8 @@ def tryon_batch(settings: Settings, service: TryOnService, body: TryOnBody, read
              for seed in seeds]
     read = time.perf_counter() - arrived
     saved = service.run_batch(items, request_options(settings, body), owner=caller.owner, started=arrived,
-                              progress=stop_check(settings, reader.request, arrived))
+                              progress=stop_check(settings, reader.request, arrived),
+                              kind=kind_of(caller.owner, caller.via))
     return {"batch": saved[0].metadata["batch"]["id"],
             "results": [result_answer(result, bool(body.return_image), arrived, read, in_batch=True)
                         for result in saved]}
@@ -325,6 +360,10 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BusyError)
     async def busy(request: Request, exc: BusyError):
         return reply(429, "busy", str(exc), {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(QuotaExceeded)
+    async def over_quota(request: Request, exc: QuotaExceeded):
+        return reply(429, "quota_exceeded", str(exc), {"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(ModelLoadError)
     async def model_error(request: Request, exc: ModelLoadError):
@@ -434,10 +473,13 @@ def resolve_input(volume: Path, folders: list[str], relative: str, role: str) ->
     return path
 
 
-def health_only_app(settings: Settings, engine: Engine) -> FastAPI:
-    """What PORT_HEALTH serves when it differs from PORT: /ping only."""
+def health_only_app(settings: Settings, engine: Engine, metrics: Metrics | None = None) -> FastAPI:
+    """What PORT_HEALTH serves when it differs from PORT: /ping, and /metrics without a login (an internal
+    port for the load balancer and a scraper: keep it unexposed)."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     add_health_routes(app, settings, engine)
+    if metrics is not None:
+        add_metrics_route(app, metrics)
     return app
 
 
@@ -460,11 +502,11 @@ def serve(settings: Settings, host: str, port: int, share: bool = False, health_
                                            timeout_graceful_shutdown=5))
     held = {sock.getsockname()[1]: sock for sock in early.hand_over()} if early is not None else {}
     if health_port and health_port != port:
-        health = uvicorn.Server(uvicorn.Config(health_only_app(settings, engine), host=host, port=health_port,
-                                               log_level="warning"))
+        health_app = health_only_app(settings, engine, app.state.service.metrics)
+        health = uvicorn.Server(uvicorn.Config(health_app, host=host, port=health_port, log_level="warning"))
         sockets = [held[health_port]] if health_port in held else None
         threading.Thread(target=health.run, args=(sockets,), name="health-server", daemon=True).start()
-        log.info("/ping also on port %d", health_port)
+        log.info("/ping and /metrics (no login) also on port %d", health_port)
     if share:
         threading.Thread(target=_open_share_link, args=(server, port), name="share-link", daemon=True).start()
     print(listening_line(host, port, settings), flush=True)

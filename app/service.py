@@ -19,15 +19,20 @@ from dataclasses import asdict, dataclass, replace
 
 from PIL import Image
 
+from app.access import Parties
 from app.config import Settings
 from app.engine import Engine
-from app.errors import GenerationCancelled, TryOnInputError, quoted
+from app.errors import BusyError, GenerationCancelled, TryOnInputError, quoted
+from app.fair_queue import FairGate
 from app.imaging import Box, blur_mask, crop_padded, fit_box, flatten, model_region
 from app.masking import ParserHolder, apply_tools, paste_back
+from app.metrics import TryOnEvents, counted
 from app.outputs import ResultStore, SavedResult
+from app.quotas import QuotaExceeded, TryOnQuota, Usage, kind_of
 from app.validation import check_generation_args
 
 log = logging.getLogger(__name__)
+__all__ = ["BatchItem", "BusyError", "TryOnOptions", "TryOnService"]  # BusyError lives in app.errors
 
 GARMENT_TYPES = ("upper", "lower", "overall")
 MIN_PERSON_SIDE = 32  # smaller photos leave nothing to paste the result back into
@@ -42,14 +47,6 @@ def check_garment_fits(garment: Image.Image, width: int, height: int) -> None:
     if right - left < 1 or bottom - top < 1:
         raise TryOnInputError(f"the garment image is {garment.width}x{garment.height}: fitted into {width}x{height} "
                               "it would be less than a pixel wide or tall; crop it closer around the garment.")
-
-
-class BusyError(RuntimeError):
-    """Too many try-ons are already waiting; the caller should retry after ``retry_after`` seconds."""
-
-    def __init__(self, message: str, retry_after: int = 60):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass
@@ -133,11 +130,14 @@ class TryOnService:
         self.settings = settings
         self.engine = engine
         self.store = store
-        self._gpu = threading.Lock()
-        self._waiting = 0
+        self.metrics = TryOnEvents()  # counts nothing until the server attaches app.metrics.Metrics
+        self._gpu = FairGate()  # the GPU, one try-on at a time, handed to parties in turn (app.fair_queue)
+        self.parties = Parties()  # whom each owner counts against; the server shares the guard's (app.access)
+        self.quotas = TryOnQuota({})  # TRYON_QUOTA: the server sets the volume's (app.quotas)
         self._count_lock = threading.Lock()
         self._seconds_per_tryon: float | None = None  # measured: a moving average of generation seconds
         self._in_flight = 0  # admitted REST requests, from arrival to answer
+        self._in_flight_by: dict[str, int] = {}  # the same, per party
         self.parser = ParserHolder(settings.models_dir / settings.parser_repo)
 
     def auto_mask(self, person: Image.Image, garment_type: str, grow: int = 0, longer: float = 0.0) -> Image.Image:
@@ -150,27 +150,35 @@ class TryOnService:
         return apply_tools(self.parser.get().auto_mask(person, garment_type), grow=grow, longer=longer)
 
     def queue_state(self) -> dict:
+        """Try-ons waiting for the GPU and whether one runs; parties waiting and those holding try-ons (waiting,
+        running or being prepared); the limits; REST requests in progress."""
+        gate = self._gpu.state()
         with self._count_lock:
-            return {"waiting": self._waiting, "running": self._gpu.locked(), "max": self.settings.queue_max,
-                    "rest_in_progress": self._in_flight}
+            return {"waiting": gate["waiting"], "running": gate["running"], "max": self.settings.queue_max,
+                    "rest_in_progress": self._in_flight, "owners_waiting": gate["owners_waiting"],
+                    "owners_active": gate["owners_active"], "per_owner_max": self.settings.max_waiting_per_owner}
 
     def run(self, person: Image.Image, garment: Image.Image, mask: Image.Image | str | None, options: TryOnOptions,
             owner: str = "anon", progress: Callable[[int, int], None] | None = None,
-            mask_tools_applied: bool = False, started: float | None = None) -> SavedResult:
+            mask_tools_applied: bool = False, started: float | None = None, kind: str | None = None) -> SavedResult:
         """One try-on, saved. ``mask_tools_applied``: the mask already carries ``options``' grow and longer
         (the studio shows the adjusted mask and sends what it shows); they are recorded, not applied again.
-        ``started``: when the caller's request arrived (``time.perf_counter()``), for the wall-clock total."""
+        ``started``: when the caller's request arrived (``time.perf_counter()``), for the wall-clock total.
+        ``kind``: the caller's kind for TRYON_QUOTA (app.quotas.kind_of; None: from the owner)."""
         started = time.perf_counter() if started is None else started
         begin = time.perf_counter()
         options.check()
         check_mask(person, mask)
-        job = self._prepare(person, garment, mask, options, mask_tools_applied)
-        job.prepare_s = time.perf_counter() - begin
-        return self._generate(job, owner, progress, new_request=True, started=started)
+        party = self.parties.of(owner)
+        with self._charged(party, kind or kind_of(owner), 1), self._reserved(party, 1):
+            job = self._prepare(person, garment, mask, options, mask_tools_applied)
+            job.prepare_s = time.perf_counter() - begin
+            return self._generate(job, owner, progress, new_request=True, started=started, party=party)
 
     def run_batch(self, items: list[BatchItem], options: TryOnOptions, owner: str = "anon",
                   progress: Callable[[int, int], None] | None = None,
-                  mask_tools_applied: bool = False, started: float | None = None) -> list[SavedResult]:
+                  mask_tools_applied: bool = False, started: float | None = None,
+                  kind: str | None = None) -> list[SavedResult]:
         """Several try-ons in order, each saved as ``run()`` saves one, with ``"batch"`` in its metadata.
 
         Every item is checked (and its mask made) before any generation, so a bad item fails the whole
@@ -196,6 +204,16 @@ class TryOnService:
                 each.check()
                 check_mask(item.person, item.mask)
             item_options.append(each)
+        party = self.parties.of(owner)
+        with self._charged(party, kind or kind_of(owner), count), self._reserved(party, count) as reservation:
+            return self._run_jobs(items, item_options, owner, party, progress, mask_tools_applied, started,
+                                  reservation)
+
+    def _run_jobs(self, items: list[BatchItem], item_options: list[TryOnOptions], owner: str, party: str,
+                  progress: Callable[[int, int], None] | None, mask_tools_applied: bool, started: float,
+                  reservation: _Reservation) -> list[SavedResult]:
+        """A checked batch's masks, then its try-ons one by one, each giving back its place when saved."""
+        count = len(items)
         auto_masks: dict = {}  # one parser run per person and garment type, however many garments it wears
         jobs = []
         for number, (item, each) in enumerate(zip(items, item_options, strict=True), 1):
@@ -213,7 +231,9 @@ class TryOnService:
             for index, job in enumerate(jobs):
                 item_progress = None if progress is None else batch_progress(progress, done, total)
                 saved.append(self._generate(job, owner, item_progress, new_request=index == 0,
-                                            batch={"id": batch_id, "index": index, "size": count}, started=started))
+                                            batch={"id": batch_id, "index": index, "size": count}, started=started,
+                                            party=party))
+                reservation.give_back(1)  # finished: no longer waiting
                 done += job.steps
         except BaseException as exc:
             log.info("batch %s stopped after %d of %d try-ons (%s)", batch_id, len(saved), count,
@@ -247,16 +267,24 @@ class TryOnService:
         return _Job(person, garment, mask, prepared_mask, region, options, seed, steps, guidance_steps)
 
     @contextmanager
-    def admitted(self) -> Iterator[None]:
+    def admitted(self, owner: str | None = None) -> Iterator[None]:
         """A REST request's place in the queue from its arrival: reading its images, its masks, the GPU,
         paste-back and saving all count against TRYON_QUEUE_MAX (requests in progress, the running one
-        included), so a flood of large requests is refused before any of that work, not after."""
+        included), so a flood of large requests is refused before any of that work, not after. One party's
+        requests in progress count against TRYON_MAX_WAITING_PER_OWNER too, so that a flood from one caller
+        is refused without filling the queue for the others."""
+        party = self.parties.of(owner) if owner is not None else None
         with self._count_lock:
             if self._in_flight >= self.settings.queue_max:
+                self.metrics.refused("busy")
                 retry = self.retry_after()
                 raise BusyError(f"busy: {self._in_flight} try-on requests are already in progress (limit "
                                 f"{self.settings.queue_max}); try again in about {retry} s.", retry)
+            if party is not None and self._in_flight_by.get(party, 0) >= self.settings.max_waiting_per_owner:
+                raise self._owner_busy(self._in_flight_by[party], 1)
             self._in_flight += 1
+            if party is not None:
+                self._in_flight_by[party] = self._in_flight_by.get(party, 0) + 1
         token = _ADMITTED.set(True)
         try:
             yield
@@ -264,54 +292,128 @@ class TryOnService:
             _ADMITTED.reset(token)
             with self._count_lock:
                 self._in_flight -= 1
+                if party is not None:
+                    left = self._in_flight_by[party] - 1
+                    if left:
+                        self._in_flight_by[party] = left
+                    else:
+                        del self._in_flight_by[party]
 
-    def _wait_for_gpu(self, new_request: bool) -> float:
-        """Take the GPU lock, counted as waiting meanwhile; the seconds waited. A new request is refused
-        when the queue is full (unless already admitted); a batch's later items already hold its place."""
-        with self._count_lock:
-            if new_request and not _ADMITTED.get() and self._waiting >= self.settings.queue_max:
-                retry = self.retry_after()
-                raise BusyError(f"busy: {self._waiting} try-ons are already waiting (limit {self.settings.queue_max});"
-                                f" try again in about {retry} s.", retry)
-            self._waiting += 1
-        queued = time.perf_counter()
+    @contextmanager
+    def _charged(self, party: str, kind: str, count: int) -> Iterator[None]:
+        """``count`` try-ons charged to the party's quota (TRYON_QUOTA) before any work: refused whole if they do
+        not fit, given back if they never ran or failed (app.quotas.TryOnQuota.charged)."""
         try:
-            self._gpu.acquire()
+            with self.quotas.charged(party, kind, count):
+                yield
+        except QuotaExceeded:  # only the charge raises it
+            self.metrics.refused("quota")
+            raise
+
+    def quota(self, owner: str, kind: str | None = None) -> Usage | None:
+        """The owner's use of their quota this period (None: no quota for their kind)."""
+        return self.quotas.usage(self.parties.of(owner), kind or kind_of(owner))
+
+    def check_quota(self, owner: str, kind: str | None = None) -> None:
+        """QuotaExceeded when the owner has no try-on left this period: a door can refuse before reading images."""
+        try:
+            self.quotas.check(self.parties.of(owner), kind or kind_of(owner))
+        except QuotaExceeded:
+            self.metrics.refused("quota")
+            raise
+
+    def turns_ahead(self, owner: str) -> int | None:
+        """Try-ons that run before this owner's next waiting one (None: none waiting), for the studio's line."""
+        return self._gpu.ahead(self.parties.of(owner))
+
+    def check_owner(self, owner: str) -> None:
+        """BusyError when this owner's party already holds its TRYON_MAX_WAITING_PER_OWNER try-ons (the
+        Gradio door asks before queueing an event)."""
+        party = self.parties.of(owner)
+        held = max(self._gpu.held(party), self._in_flight_by.get(party, 0))
+        if held >= self.settings.max_waiting_per_owner:
+            raise self._owner_busy(held, 1)
+
+    @contextmanager
+    def _reserved(self, party: str, count: int) -> Iterator[_Reservation]:
+        """``count`` try-ons held for ``party`` while they wait and run (BusyError past its limit)."""
+        held = self._gpu.reserve(party, count, self.settings.max_waiting_per_owner)
+        if held is not None:
+            raise self._owner_busy(held, count)
+        reservation = _Reservation(self._gpu, party, count)
+        try:
+            yield reservation
         finally:
-            with self._count_lock:
-                self._waiting -= 1
+            reservation.give_back(reservation.left)
+
+    def _owner_busy(self, held: int, count: int) -> BusyError:
+        self.metrics.refused("owner_limit")  # every caller raises it
+        limit = self.settings.max_waiting_per_owner
+        if count > limit:
+            return BusyError(f"too many try-ons at once: this batch has {count}, over the {limit} one caller may "
+                             f"have waiting (TRYON_MAX_WAITING_PER_OWNER); split it into batches of {limit} or "
+                             "fewer.", self.retry_after())
+        # One of theirs finishes within a round of the callers waiting (and the one running).
+        retry = self.retry_after(min(held, self._gpu.state()["owners_waiting"]) + 1)
+        return BusyError(f"busy: you already have {held} try-on{'s' if held != 1 else ''} waiting or running (at "
+                         f"most {limit} per caller); try again in about {retry} s, when one has finished.", retry)
+
+    def _wait_for_gpu(self, new_request: bool, party: str) -> float:
+        """Wait for this party's turn on the GPU (app.fair_queue); the seconds waited. A new request is
+        refused when the queue is full (unless already admitted); a batch's later items hold its place."""
+        if new_request and not _ADMITTED.get():
+            waiting = self._gpu.state()["waiting"]
+            if waiting >= self.settings.queue_max:
+                self.metrics.refused("busy")
+                retry = self.retry_after()
+                raise BusyError(f"busy: {waiting} try-ons are already waiting (limit {self.settings.queue_max}); "
+                                f"try again in about {retry} s.", retry)
+        queued = time.perf_counter()
+        self._gpu.acquire(party)
         return time.perf_counter() - queued
 
-    def retry_after(self) -> int:
-        """Seconds until the queue has likely room again: the waiting try-ons times the measured time of one
-        (30 s each before any was measured), at least 1."""
+    def retry_after(self, ahead: int | None = None) -> int:
+        """Seconds until there is likely room again: ``ahead`` try-ons (default: all those waiting or in
+        progress, and one more) times the measured time of one (30 s each before any was measured), at least 1."""
         each = self._seconds_per_tryon if self._seconds_per_tryon is not None else 30.0
-        return max(1, min(3600, int(each * (max(self._waiting, self._in_flight) + 1) + 0.999)))
+        if ahead is None:
+            ahead = max(self._gpu.state()["waiting"], self._in_flight) + 1
+        return max(1, min(3600, int(each * ahead + 0.999)))
 
     def _measured(self, seconds: float) -> None:
         previous = self._seconds_per_tryon
         self._seconds_per_tryon = seconds if previous is None else 0.7 * previous + 0.3 * seconds
 
+    @counted  # a try-on that raises: stopped or failed (app.metrics)
     def _generate(self, job: _Job, owner: str, progress: Callable[[int, int], None] | None,
-                  new_request: bool, started: float, batch: dict | None = None) -> SavedResult:
-        """One prepared try-on through the GPU (lock held for the generation only), pasted back and saved."""
+                  new_request: bool, started: float, batch: dict | None = None, party: str | None = None
+                  ) -> SavedResult:
+        """One prepared try-on through the GPU (held for the generation only), pasted back and saved."""
         options = job.options
-        waited = self._wait_for_gpu(new_request)
+        waited = self._wait_for_gpu(new_request, party or self.parties.of(owner))
+        self.metrics.queue_waited(waited)
         try:
             with self.engine.use() as pipe:
                 result = pipe(person=crop_padded(job.person, job.region), garment=job.garment,
                               mask=crop_padded(job.prepared_mask, job.region, fill="black"), steps=job.steps,
                               guidance=options.guidance, seed=job.seed, width=options.width, height=options.height,
                               callback=progress, guidance_steps=job.guidance_steps)
+                # TRYON_SAFETY: the model's output is checked (what the model made; the rest of a pasted-back
+                # image is the person's own photo), on the device, so inside the GPU's turn.
+                checker = getattr(pipe, "safety_checker", None)
+                verdict = checker.check(result.image) if checker is not None else None
             self._measured(result.timings["total"])  # the generation alone: a first load is no queue's pace
         finally:
             self._gpu.release()
+        flagged = verdict is not None and verdict.flagged
         pasting = time.perf_counter()
         image = (paste_back(job.person, result.image, job.prepared_mask, PASTE_FEATHER, job.region)
-                 if options.keep_photo else result.image)
+                 if options.keep_photo else result.image) if not flagged else None
         timings = {k: v for k, v in result.timings.items() if k != "total"}
         timings.update(generate=result.timings["total"], prepare=job.prepare_s, queue_wait=waited,
                        paste_back=time.perf_counter() - pasting)
+        if verdict is not None:
+            timings["safety_check"] = verdict.seconds
         # Wall clock from the request's arrival to the save (the answer adds reading and saving).
         timings["total"] = time.perf_counter() - started
         status = self.engine.status()
@@ -333,11 +435,34 @@ class TryOnService:
         }
         if batch is not None:
             metadata["batch"] = batch
-        saved = self.store.save(image, metadata, inputs={"person": job.person, "garment": job.garment,
-                                                         "mask": job.mask}, owner=owner)
+        inputs = {"person": job.person, "garment": job.garment, "mask": job.mask}
+        if verdict is not None:
+            metadata["safety"] = "flagged" if flagged else "passed"
+        if flagged:
+            size = job.person.size if options.keep_photo else result.image.size
+            saved = self.store.save_flagged(metadata, size, inputs=inputs, owner=owner)
+            log.warning("try-on %s: flagged by the safety checker (seed %d); no image saved", saved.id,
+                        result.seed)
+            self.metrics.tryon_flagged(generated=timings["generate"], total=timings["total"])
+            return saved
+        saved = self.store.save(image, metadata, inputs=inputs, owner=owner)
         log.info("try-on %s: seed %d, %.1f s (%.1f s generating)", saved.id, result.seed, timings["total"],
                  timings["generate"])
+        self.metrics.tryon_finished("done", generated=timings["generate"], total=timings["total"])
         return saved
+
+
+class _Reservation:
+    """A party's try-ons held in the gate; each is given back when finished, the rest when the call ends."""
+
+    def __init__(self, gate: FairGate, party: str, count: int):
+        self.gate, self.party, self.left = gate, party, count
+
+    def give_back(self, count: int) -> None:
+        count = min(count, self.left)
+        if count > 0:
+            self.left -= count
+            self.gate.unreserve(self.party, count)
 
 
 def check_mask(person: Image.Image, mask: Image.Image | str | None) -> None:

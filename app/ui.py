@@ -20,7 +20,7 @@ from app.config import Settings
 from app.editor import EDITOR_SIDE, mask_layer
 from app.errors import GenerationCancelled, TryOnInputError
 from app.examples import example_garments, example_people
-from app.gradio_door import Streams
+from app.gradio_door import TRYON, Streams
 from app.guard import request_owner
 from app.imaging import decode_image, flatten
 from app.outputs import public_metadata
@@ -36,6 +36,8 @@ from app.ui_run import (
     build_request,
     compare_pair,
     describe,
+    flagged_note,
+    flagged_tile,
     inputs_strip,
     model_frame,
     page_copy,
@@ -221,7 +223,9 @@ RUN_DONE_JS = r"""() => {
 }"""
 REUSED = ("garment_type", "steps", "guidance", "random_seed", "seed", "size", "mask_blur", "mask_grow", "longer",
           "keep_photo", "draft")
-def status_text(service: TryOnService) -> str:
+def status_text(service: TryOnService, owner: str | None = None) -> str:
+    """The studio's status line; with ``owner``, their quota this period when one applies ("12 of 30 try-ons
+    this hour")."""
     status = service.engine.status()
     parts = [f"**Model:** {STATE_TEXT.get(status.state, status.state)}"]
     if status.device:
@@ -231,6 +235,9 @@ def status_text(service: TryOnService) -> str:
     queue = service.queue_state()
     if queue["running"] or queue["waiting"]:
         parts.append(f"· running, {queue['waiting']} waiting")
+    usage = service.quota(owner) if owner is not None else None
+    if usage is not None:
+        parts.append(f"· **{usage.line}**")
     if service.settings.tiny_models:
         parts.append("· tiny random-weight models: results are noise")
     if not service.parser.available and not service.settings.tiny_models:
@@ -367,7 +374,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         done, total = 0, options.denoising(settings.draft_steps)[0] * count
         # The editor frames the region the model sees of this photo with this mask.
         frame = model_frame(session, run.first_mask, options.mask_blur, (options.width, options.height))
-        yield (*line(0.0, describe(service, 0, total, clock, started, count))[:-1], frame)
+        yield (*line(0.0, describe(service, 0, total, clock, started, count, request_owner(request)))[:-1], frame)
         # A page that closed or reloaded waits for nothing: its run stops (app.gradio_door.Streams).
         page_gone = lambda: streams.gone(request.session_hash)  # noqa: E731
         try:
@@ -399,21 +406,35 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
                     kind_text = "draft try-on" if run.options.draft else "try-on"
                     note = (f"Done: {len(results)} {kind_text}{'s' if len(results) > 1 else ''} in "
                             f"{time.perf_counter() - started:.1f} s.")
-                    yield shown_results(session, run, results, progress_html(1.0, note, "done"))
+                    state = "done"
+                    if any(r.flagged for r in results):  # TRYON_SAFETY: said in the line, with what to do
+                        note = flagged_note(results, note)
+                        state = "flagged" if all(r.flagged for r in results) else "done"
+                    usage = service.quota(request_owner(request))
+                    if usage is not None:  # TRYON_QUOTA: "12 of 30 try-ons this hour"
+                        note += f" {usage.line[0].upper()}{usage.line[1:]}."
+                    yield shown_results(session, run, results, progress_html(1.0, note, state))
                     return
-                yield line(done / total if total else None, describe(service, done, total, clock, started, count))
+                yield line(done / total if total else None,
+                           describe(service, done, total, clock, started, count, request_owner(request)))
         except GeneratorExit:  # Gradio dropped the run's stream (the page went): stop the work too
             session.cancel.set()
             raise
 
     def shown_results(session: Session, run, results, line_html: str):
         """The run's results in the result panel (the first in Result, Compare and Inputs; all of them in the
-        strip), with ``line_html`` in the progress line."""
-        first = results[0]
+        strip), with ``line_html`` in the progress line. Results the safety checker flagged have no image: a
+        grey card in the strip says so, and when all are flagged the panels are emptied."""
+        unflagged = [r for r in results if not r.flagged]
+        if not unflagged:
+            return (line_html, *buttons(False), gr.update(value=None), None, None, gr.update(value=[], visible=False),
+                    "**Flagged by the safety checker**: nothing saved. Try another seed.", gr.skip(), gr.skip())
+        first = unflagged[0]
         image = saved_image(first)
         session.last_seed = first.metadata["seed"]
         labels = run.labels or [""] * len(results)  # which person and garment each result is, then its seed
-        strip = [(thumbnail(r, 512), " · ".join(filter(None, [label, seed_caption(r.metadata)])))
+        strip = [(flagged_tile() if r.flagged else thumbnail(r, 512),
+                  " · ".join(filter(None, [label, "flagged" if r.flagged else "", seed_caption(r.metadata)])))
                  for r, label in zip(results, labels, strict=False)] if len(results) > 1 else []
         shown = gr.update(value=page_copy(first, result.GRADIO_CACHE),
                           label="Result: draft (fast preview)" if run.options.draft else "Result")
@@ -422,6 +443,12 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
                 inputs_strip(run.first_person, run.first_mask, run.items[0].garment, image),
                 gr.update(value=strip, visible=bool(strip)), summary(first.metadata), first.metadata["seed"],
                 gr.skip())
+
+    def owner_status(request: gr.Request):
+        return status_text(service, request_owner(request))
+
+    def after_run(request: gr.Request):
+        return (*buttons(False), owner_status(request))  # the status line with this run counted
 
     def on_stop(session: Session):
         session.cancel.set()
@@ -521,16 +548,16 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
                       grow, longer, keep_photo, variations, extra_persons, extra_garments, draft]
         run_outputs = [progress, run, stop, result, compare, inputs_view, strip, run_summary, seed, frame]
         running = run.click(None, None, None, js=RUN_PRESSED_JS, **quiet).then(
-            try_on, run_inputs, run_outputs, concurrency_id="studio-run", concurrency_limit=settings.queue_max + 1,
+            try_on, run_inputs, run_outputs, concurrency_id=TRYON, concurrency_limit=settings.queue_max + 1,
             **quiet)
         running.then(None, None, None, js=RUN_DONE_JS, **quiet)
         # No polling timer for the status line: it refreshes on load and after each run.
-        running.then(lambda: (*buttons(False), status_text(service)), None, [run, stop, status], **quiet) \
+        running.then(after_run, None, [run, stop, status], **quiet) \
             .then(first_page, None, page_outputs, **quiet)
         stop.click(on_stop, session, stop, concurrency_limit=None, **quiet)
         keep_seed.click(same_seed, session, [random_seed, seed], **quiet)
 
-        demo.load(first_page, None, page_outputs, **quiet).then(lambda: status_text(service), None, status, **quiet)
+        demo.load(first_page, None, page_outputs, **quiet).then(owner_status, None, status, **quiet)
         demo.load(signed_in_line, None, who, **quiet)
         intake = PERSON_INTAKE_JS % {"side": EDITOR_SIDE, "limit_mb": f"{settings.max_upload_mb:g}"}
         demo.load(None, None, None, js=intake, **quiet)

@@ -12,15 +12,13 @@ from PIL import Image
 from app.access import Access
 from app.config import Settings
 from app.errors import GenerationCancelled
-from app.gradio_door import Streams
+from app.gradio_door import TRYON, Streams
+from app.guard import request_kind
 from app.guard import request_owner as owner
-from app.outputs import public_metadata
 from app.results_api import PER_PAGE_MAX, results_page
 from app.service import GARMENT_TYPES, BatchItem, TryOnOptions, TryOnService
 from app.ui_gallery import caption, seed_caption, thumbnail
-from app.ui_run import USER_ERRORS, read_uploads, saved_image, seeds_for
-
-GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
+from app.ui_run import USER_ERRORS, read_uploads, saved_image, seeds_for, shown_metadata
 
 
 def add_api_endpoints(service: TryOnService, settings: Settings, access: Access, streams: Streams) -> None:
@@ -52,10 +50,12 @@ def add_api_endpoints(service: TryOnService, settings: Settings, access: Access,
             saved = service.run(person.convert("RGB"), garment, "auto" if mask is None else mask,
                                 options(garment_type, steps, guidance, seed, width, height, mask_blur, mask_grow,
                                         longer, keep_photo, draft),
-                                owner=owner(request), progress=reporter(request, progress))
+                                owner=owner(request), progress=reporter(request, progress),
+                                kind=request_kind(request))
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from None
-        return saved_image(saved), public_metadata(saved.metadata)
+        # Flagged by the safety checker: no image, and the metadata says so in a sentence.
+        return None if saved.flagged else saved_image(saved), shown_metadata(saved)
 
     def tryon_batch(persons: list, garments: list, masks: list | None = None, garment_type="upper",
                     steps=defaults.steps, guidance=defaults.guidance, seed=-1, variations=1,
@@ -76,11 +76,11 @@ def add_api_endpoints(service: TryOnService, settings: Settings, access: Access,
                      for i, person in enumerate(people) for garment in clothes for s in seeds]
             saved = service.run_batch(items, options(garment_type, steps, guidance, seed, width, height, mask_blur,
                                                      mask_grow, longer, keep_photo, draft), owner=owner(request),
-                                      progress=reporter(request, progress))
+                                      progress=reporter(request, progress), kind=request_kind(request))
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from None
-        return ([(saved_image(s), seed_caption(s.metadata)) for s in saved],
-                [public_metadata(s.metadata) for s in saved])
+        return ([(saved_image(s), seed_caption(s.metadata)) for s in saved if not s.flagged],
+                [shown_metadata(s) for s in saved])  # every item; a flagged one has no image in the gallery
 
     def auto_mask(person: Image.Image, garment_type="upper", mask_grow=0, longer=0.0):
         try:
@@ -138,7 +138,9 @@ def add_api_endpoints(service: TryOnService, settings: Settings, access: Access,
         paging_out = [gr.Gallery(type="pil", format="png", label="results"),
                       gr.JSON(label="page (results' metadata, page, pages, total, next_page)")]
         buttons = [gr.Button() for _ in range(4)]
-    buttons[0].click(tryon, single, single_out, api_name="tryon", **GPU)
-    buttons[1].click(tryon_batch, batch, batch_out, api_name="tryon_batch", **GPU)
+    # Try-ons enter the service together and wait there for their party's turn (app.fair_queue).
+    tryons = {"concurrency_id": TRYON, "concurrency_limit": settings.queue_max + 1}
+    buttons[0].click(tryon, single, single_out, api_name="tryon", **tryons)
+    buttons[1].click(tryon_batch, batch, batch_out, api_name="tryon_batch", **tryons)
     buttons[2].click(auto_mask, masking, mask_out, api_name="auto_mask")
     buttons[3].click(gallery, paging, paging_out, api_name="gallery")

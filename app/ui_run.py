@@ -25,7 +25,8 @@ from app.editor import MaskEdits, is_copy_of, painted_mask, photo_digest, scaled
 from app.errors import GenerationCancelled, ModelLoadError, TryOnInputError
 from app.imaging import blur_mask, crop_padded, decode_image, flatten, resize_and_crop
 from app.masking import apply_tools
-from app.outputs import SavedResult
+from app.outputs import SavedResult, public_metadata
+from app.safety import flagged_message
 from app.service import BatchItem, BusyError, TryOnOptions, TryOnService, mask_region
 
 MAX_VARIATIONS = 8
@@ -293,14 +294,18 @@ class StepClock:
         return per_step * (total - done)
 
 
-def describe(service: TryOnService, done: int, total: int, clock: StepClock, started: float, count: int) -> str:
+def describe(service: TryOnService, done: int, total: int, clock: StepClock, started: float, count: int,
+             owner: str | None = None) -> str:
     elapsed = time.perf_counter() - started
     if done == 0:
         state = service.engine.status().state
         if state in ("unloaded", "loading"):
             return f"Loading the model… {elapsed:.0f} s (the first run after a start takes longer)"
+        ahead = service.turns_ahead(owner) if owner is not None else None
+        if ahead:  # callers take turns (app.fair_queue): what runs before this one, not the whole queue
+            return f"Waiting for the GPU: {ahead} try-on{'s' if ahead > 1 else ''} before yours · {elapsed:.0f} s"
         queue_state = service.queue_state()
-        if queue_state["running"] and queue_state["waiting"]:  # this run among those waiting: another runs
+        if owner is None and queue_state["running"] and queue_state["waiting"]:  # among those waiting
             queued = queue_state["waiting"]
             return f"Waiting for the GPU: another try-on is running, {queued} queued · {elapsed:.0f} s"
         return f"Starting… {elapsed:.0f} s"
@@ -390,3 +395,29 @@ def page_copy(result: SavedResult, cache_dir: str | Path) -> str:
 def saved_image(result: SavedResult) -> Image.Image:
     with Image.open(result.image_path) as image:
         return image.convert("RGB")
+
+
+def flagged_note(results: list[SavedResult], done_note: str) -> str:
+    """The progress line of a run with results the safety checker flagged, and what to do about them."""
+    flagged = [r for r in results if r.flagged]
+    if len(results) == 1:
+        return flagged_message(flagged[0].metadata["seed"])
+    seeds = ", ".join(str(r.metadata["seed"]) for r in flagged)
+    if len(flagged) == len(results):
+        return (f"The safety checker flagged all {len(results)} results (seeds {seeds}), so none was saved or "
+                "shown. Try other seeds, or other photos.")
+    return (f"{done_note} The safety checker flagged {len(flagged)} of them (seed{'s' if len(flagged) > 1 else ''}"
+            f" {seeds}): not saved or shown; try another seed for {'those' if len(flagged) > 1 else 'it'}.")
+
+
+def flagged_tile(side: int = 512) -> Image.Image:
+    """What a run's strip shows for a flagged result: a plain grey card (its caption says why)."""
+    return Image.new("RGB", (side * 3 // 4, side), (200, 200, 200))
+
+
+def shown_metadata(result: SavedResult) -> dict:
+    """A result's metadata for the page and scripts; a flagged one's says why there is no image."""
+    metadata = public_metadata(result.metadata)
+    if result.flagged:
+        metadata["message"] = flagged_message(result.metadata["seed"])
+    return metadata

@@ -215,7 +215,8 @@ def test_cancel_after_the_first_item_keeps_it_and_frees_the_gpu(make_service, vo
     sidecar = json.loads((volume_copy / "outputs" / kept[0]).with_suffix(".json").read_text())
     assert sidecar["batch"]["index"] == 0 and sidecar["batch"]["size"] == 2
     assert service.queue_state() == {"waiting": 0, "running": False, "max": service.settings.queue_max,
-                                     "rest_in_progress": 0}
+                                     "rest_in_progress": 0, "owners_waiting": 0, "owners_active": 0,
+                                     "per_owner_max": service.settings.max_waiting_per_owner}
     service.run(images["person"], images["garment"], images["mask"], fast_options())  # the GPU is free again
     assert len(saved_pngs(volume_copy)) == 2
 
@@ -231,7 +232,8 @@ def test_a_batch_takes_one_queue_slot(make_service, volume_copy, images, second_
         deadline = time.monotonic() + 10
         while service.queue_state()["waiting"] < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert service.queue_state() == {"waiting": 1, "running": True, "max": 1, "rest_in_progress": 0}
+        assert service.queue_state() == {"waiting": 1, "running": True, "max": 1, "rest_in_progress": 0,
+                                         "owners_waiting": 1, "owners_active": 1, "per_owner_max": 12}
         with pytest.raises(BusyError):
             service.run(images["person"], images["garment"], images["mask"], fast_options())
     finally:

@@ -338,21 +338,53 @@ def test_a_client_that_leaves_stops_its_run_and_nothing_is_saved(door):
     assert sorted((door["volume"] / "outputs").rglob("*.png")) == before
 
 
-def test_a_full_queue_says_when_to_come_back(tmp_path_factory):
+def test_one_callers_flood_gets_429_and_a_full_queue_says_when_to_come_back(tmp_path_factory):
+    """One try-on each may wait or run (TRYON_MAX_WAITING_PER_OWNER=1): the robot's second is refused with
+    429 at the door while other callers still get in; the queue of one (TRYON_QUEUE_MAX=1) then fills."""
     volume = tmp_path_factory.mktemp("full-volume")
-    with launch_server(volume, TRYON_QUEUE_MAX="1", TRYON_API_KEYS="robot:key-r") as server, \
-            httpx.Client(base_url=server["url"], headers=ROBOT, timeout=60) as raw:
-        config = raw.get("/config").json()
+    keys = {name: {"X-API-Key": f"key-{name}"} for name in ("robot", "ana", "ben", "cleo")}
+    with launch_server(volume, TRYON_QUEUE_MAX="1", TRYON_MAX_WAITING_PER_OWNER="1",
+                       TRYON_API_KEYS=",".join(f"{name}:key-{name}" for name in keys)) as server, \
+            httpx.Client(base_url=server["url"], timeout=60) as raw:
+        config = raw.get("/config", headers=keys["robot"]).json()
         tryon = next(d for d in config["dependencies"] if d.get("api_name") == "tryon")
-        paths = [upload(server, ROBOT, EXAMPLES / name) for name in ("person-1.png", "garment-1.png", "mask-1.png")]
-        data = [file_data(p) for p in paths] + ["upper", 100, 2.5, 7, 384, 512, 9.0, 0, 0.0, False, False]
-        answers = [join(raw, tryon["id"], data, f"queue-{n}") for n in range(3)]
-        assert [a.status_code for a in answers[:2]] == [200, 200], [a.text for a in answers]
-        full = answers[2]
+        joined = []
+
+        def join_as(name: str, number: int) -> httpx.Response:
+            paths = [upload(server, keys[name], EXAMPLES / file) for file in ("person-1.png", "garment-1.png",
+                                                                             "mask-1.png")]
+            data = [file_data(p) for p in paths] + ["upper", 100, 2.5, 7, 384, 512, 9.0, 0, 0.0, False, False]
+            raw.headers.update(keys[name])
+            answer = join(raw, tryon["id"], data, f"queue-{name}-{number}")
+            if answer.status_code == 200:
+                joined.append((name, number, answer.json()["event_id"]))
+            return answer
+
+        def queue() -> dict:
+            return raw.get("/v1/status", headers=keys["robot"]).json()["queue"]
+
+        assert join_as("robot", 1).status_code == 200
+        deadline = time.monotonic() + 120
+        while queue()["owners_active"] < 1 and time.monotonic() < deadline:  # the robot's try-on is in
+            time.sleep(0.05)
+        flood = join_as("robot", 2)
+        assert flood.status_code == 429 and int(flood.headers["Retry-After"]) >= 1, flood.text
+        assert flood.json()["error"]["code"] == "busy"
+        assert "you already have 1 try-on waiting or running (at most 1 per caller)" in flood.json()["detail"]
+        assert join_as("ana", 1).status_code == 200  # another caller is not affected
+        assert join_as("ben", 1).status_code == 200  # in Gradio's queue of one
+        full = join_as("cleo", 1)
         assert full.status_code == 503 and int(full.headers["Retry-After"]) >= 1, full.text
         assert full.json()["error"]["code"] == "busy" and "try again in about" in full.json()["detail"]
-        for answer, n in zip(answers[:2], range(2), strict=True):
-            raw.post("/gradio_api/cancel", json={"session_hash": f"queue-{n}", "event_id": answer.json()["event_id"],
+        from prometheus_client.parser import text_string_to_metric_families
+
+        scraped = raw.get("/metrics", headers=keys["robot"]).text
+        refusals = {sample.labels["reason"]: sample.value for family in text_string_to_metric_families(scraped)
+                    if family.name == "tryon_refusals" for sample in family.samples if sample.name.endswith("_total")}
+        assert refusals["owner_limit"] == 1 and refusals["busy"] == 1, refusals
+        for name, number, event_id in joined:
+            raw.headers.update(keys[name])
+            raw.post("/gradio_api/cancel", json={"session_hash": f"queue-{name}-{number}", "event_id": event_id,
                                                  "fn_index": tryon["id"]})
 
 
