@@ -14,14 +14,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import math
 import os
 import secrets
 import tempfile
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +97,6 @@ class Access:
         self._secret = secret
         self.gallery = gallery
         self.sessions = SessionGenerations(sessions_dir, secret)
-        self.parties = Parties()
         self.logins = LoginLimit(None)  # TRYON_LOGIN_LIMIT: from_settings counts on the volume (app.quotas)
 
     @classmethod
@@ -212,41 +210,31 @@ def basic_credentials(header: str) -> tuple[str, str] | None:
 
 
 def party_of(owner: str, address: str | None) -> str:
-    """Whom a try-on or a sign-in is counted against (fair share, quotas, login limits): a login or an API key
-    by its name; a visitor or an anonymous call by the client's address, so that a visitor who drops the
-    cookie, or a script that sends none, is still the same party."""
+    """Whom a try-on or a sign-in is counted against (fair share, the per-caller limit, quotas): a login or an
+    API key by its name; a visitor or an anonymous call by the client's address, so that a visitor who drops
+    the cookie, or a script that sends none, is still the same party. IPv6 addresses count by their /64 (one
+    host commonly holds a whole one). Without a usable address (none, or loopback: ``--share``'s tunnel and a
+    local proxy arrive from 127.0.0.1) the owner itself is the party: the visitor's cookie."""
     if owner.startswith("user:"):
         return owner
-    return f"addr:{address or 'unknown'}"
+    usable = usable_address(address)
+    return f"addr:{usable}" if usable else owner
 
 
-class Parties:
-    """The party (``party_of``) behind each owner the guard has let in, for the service to count against:
-    recorded by the guard from the connection, never from anything the client chose. Bounded: the oldest
-    owners are forgotten first (an anonymous REST call is a new owner every time)."""
-
-    def __init__(self, size: int = 20_000):
-        self._size = size
-        self._known: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def record(self, owner: str, address: str | None) -> str:
-        party = party_of(owner, address)
-        if party == owner:
-            return party
-        with self._lock:
-            self._known[owner] = party
-            self._known.move_to_end(owner)
-            while len(self._known) > self._size:
-                self._known.popitem(last=False)
-        return party
-
-    def of(self, owner: str) -> str:
-        """The owner's party; an owner the guard never recorded (tests, the CLI) counts as itself."""
-        if owner.startswith("user:"):
-            return owner
-        with self._lock:
-            return self._known.get(owner, owner)
+def usable_address(address: str | None) -> str | None:
+    """The address to count a caller by, or None when it tells callers apart from nothing (missing, loopback,
+    not an IP address)."""
+    try:
+        ip = ipaddress.ip_address((address or "").strip())
+    except ValueError:
+        return None
+    if ip.is_loopback or ip.is_unspecified:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return usable_address(str(ip.ipv4_mapped))
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class SessionGenerations:

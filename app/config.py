@@ -94,8 +94,9 @@ class Settings:
         minimum=2, maximum=100)
     mask_blur: float = _setting(9.0, "Default Gaussian blur radius applied to masks before the try-on.",
                                 minimum=0.0, maximum=50.0)
-    queue_max: int = _setting(32, "Try-on requests that may wait (studio, Gradio API) or be in progress (REST, from "
-                              "arrival to answer), all owners together; more get a busy answer (429 with Retry-After).",
+    queue_max: int = _setting(32, "Try-ons that may wait for the GPU (studio, Gradio API), and REST requests in "
+                              "progress (from arrival to answer), all callers together; past it only a caller with "
+                              "nothing there gets in (up to twice this), others get 429 with Retry-After.",
                               minimum=1, maximum=1000)
     max_waiting_per_owner: int = _setting(
         12, "Try-ons of one owner (a login or API key; visitors and anonymous calls by address) that may wait or run "
@@ -109,9 +110,11 @@ class Settings:
         "10/15m", "Failed sign-ins allowed per account and per address in a period (N/m, N/h, N/d), counted across "
         "workers; more, even with the right password, are refused (429 with Retry-After) until the period has "
         "passed. off: no limit.")
-    trust_proxy: bool = _setting(
-        False, "Take the client's address from the first X-Forwarded-For entry (behind a proxy you run, such as "
-        "RunPod's): visitors' and anonymous callers' fair share, quotas and login limits are counted by address.")
+    trust_proxy: int = _setting(
+        0, "Proxies of yours in front of the app (0: none). With N, a caller's address is the N-th X-Forwarded-For "
+        "entry from the right (the one your outermost proxy appended), not the connection's: visitors' and "
+        "anonymous callers' fair share, limits, quotas and sign-in limits are counted by it.", minimum=0,
+        maximum=10)
     safety: bool = _setting(
         False, "Run Stable Diffusion's safety checker on every result (weights: download --with-safety); a flagged "
         "result is not saved as an image. Recommended with --share.")

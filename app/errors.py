@@ -37,6 +37,11 @@ class BusyError(RuntimeError):
         self.retry_after = retry_after
 
 
+class CounterUnavailable(RuntimeError):
+    """The quota or sign-in counts on the volume cannot be read or written just now (an I/O error, too many open
+    files): this request is refused (503) rather than counted from zero; the next one uses the files again."""
+
+
 class DeviceError(RuntimeError):
     """The configured device or dtype cannot be used on this machine."""
 

@@ -1,15 +1,19 @@
 """The GPU handed to parties in turn: the fair share of a public demo.
 
-One try-on runs at a time. Those waiting are grouped by party (``app.access.party_of``: a login or an
-API key by its name, visitors and anonymous calls by their address). When the GPU frees, the party
-served least recently takes it, for its oldest waiting try-on (a party never served, or not for a long
-while, comes first; ties go to the oldest request). A script holding twenty try-ons and a designer
-sending one therefore alternate, and the designer waits about one try-on. A batch takes the GPU item by
-item, so its try-ons are counted one by one.
+One try-on runs at a time. Those waiting are grouped by party (``app.access.party_of``: a login or an API
+key by its name, visitors and anonymous calls by their address). When the GPU frees, the party served least
+recently takes it, for its oldest waiting try-on (ties go to the oldest request). A script holding twenty
+try-ons and a designer sending one therefore alternate, and the designer waits about one try-on. A batch
+takes the GPU item by item, so its try-ons are counted one by one.
 
 Each party may hold at most ``limit`` try-ons reserved, waiting or running (TRYON_MAX_WAITING_PER_OWNER):
-``reserve`` refuses more before any work is done. With ``fair=False`` the gate is first come, first
-served (the benchmark's comparison). Nothing here measures time: the service does.
+``reserve`` refuses more before any work is done. With ``fair=False`` the gate is first come, first served
+(the benchmark's comparison). Nothing here measures time: the service does.
+
+A party the gate has not seen (or has forgotten) joins as if served just before the try-on running now:
+after every party waiting since an earlier turn, before those served since. So a flood of new parties (a
+caller changing addresses) cannot jump ahead of callers already waiting, and a designer arriving behind a
+script still goes next.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class FairGate:
         self._cond = threading.Condition()
         self._running: str | None = None
         self._waiting: dict[str, deque[int]] = {}  # party -> arrival numbers of its waiting try-ons, oldest first
-        self._served: dict[str, int] = {}  # party -> the turn it last took the GPU
+        self._served: dict[str, float] = {}  # party -> the turn it last took the GPU (see the docstring)
         self._turns = 0
         self._arrivals = itertools.count()
         self._reserved: dict[str, int] = {}  # party -> try-ons accepted and not yet finished
@@ -42,6 +46,8 @@ class FairGate:
         leaves the queue as if this try-on had never come."""
         with self._cond:
             ticket = next(self._arrivals)
+            if party not in self._served:  # new (or long gone): in line after those already waiting since
+                self._served[party] = self._turns - 0.5  # an earlier turn, before those served since
             self._waiting.setdefault(party, deque()).append(ticket)
             try:
                 while self._running is not None or self._next() != (party, ticket):

@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse
 
 from app.errors import BusyError, error_body
 from app.gradio_checks import FileLedger, Limits, Refused, check_inputs, file_dicts, shown
+from app.guard import PARTY
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class GradioDoor:
             return
         if getattr(fn, "concurrency_id", None) == TRYON:
             try:
-                self.owner_check(owner)
+                self.owner_check(scope.get(PARTY) or owner)  # the guard's party for this caller
             except BusyError as busy:  # this caller's own limit: others are not affected
                 await refuse(scope, receive, send, 429, "busy", str(busy), {"Retry-After": str(busy.retry_after)})
                 return

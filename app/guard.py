@@ -23,12 +23,22 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from app.access import COOKIE, LOGIN_DAYS, VISITOR_DAYS, Access, Identity, basic_credentials
-from app.errors import error_body
+from app.access import (
+    COOKIE,
+    LOGIN_DAYS,
+    VISITOR_DAYS,
+    Access,
+    Identity,
+    basic_credentials,
+    party_of,
+    usable_address,
+)
+from app.errors import CounterUnavailable, error_body
 from app.quotas import QuotaExceeded, kind_of
 
 IDENTITY = "tryon.identity"
-ADDRESS = "tryon.address"  # the caller's address (client_address), for the login limit of POST /login
+ADDRESS = "tryon.address"  # the caller's usable address (client_address) or None, for the sign-in limits
+PARTY = "tryon.party"  # whom the caller's try-ons count against (app.access.party_of): set here, never by the client
 OPEN_PATHS = {"/ping", "/login", "/logout", "/favicon.ico"}
 REALM = 'Basic realm="catvton-volume", charset="UTF-8"'
 
@@ -63,10 +73,10 @@ def request_kind(request) -> str:
 class Guard:
     """ASGI middleware; wraps the whole app (Gradio included)."""
 
-    def __init__(self, app, access: Access, trust_proxy: bool = False):
+    def __init__(self, app, access: Access, trust_proxy: int = 0):
         self.app = app
         self.access = access
-        self.trust_proxy = trust_proxy  # TRYON_TRUST_PROXY: the address is X-Forwarded-For's first entry
+        self.trust_proxy = trust_proxy  # TRYON_TRUST_PROXY: proxies of ours in front (client_address)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket") or scope["path"] == "/ping":
@@ -75,7 +85,7 @@ class Guard:
         headers = {}
         for key, value in scope.get("headers", []):
             headers.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
-        address = scope[ADDRESS] = client_address(scope, headers, self.trust_proxy)
+        address = scope[ADDRESS] = usable_address(client_address(scope, headers, self.trust_proxy))
         if self.access.logins.active and headers.get("authorization", "")[:6].lower() == "basic ":
             # HTTP Basic is a sign-in: counted on the volume (TRYON_LOGIN_LIMIT), off the event loop
             identity, problem = await anyio.to_thread.run_sync(self.identify, headers, address)
@@ -84,6 +94,9 @@ class Guard:
         if isinstance(problem, QuotaExceeded):
             await self.refuse(scope, receive, send, str(problem), 429, "too_many_attempts",
                               {"Retry-After": str(problem.retry_after)})
+            return
+        if isinstance(problem, CounterUnavailable):  # sign-ins cannot be counted just now: refused, not let through
+            await self.refuse(scope, receive, send, str(problem), 503, "quota_unavailable", {"Retry-After": "5"})
             return
         if problem:
             await self.refuse(scope, receive, send, problem)
@@ -107,7 +120,7 @@ class Guard:
                 new_cookie = session_cookie(self.access.cookie_for(identity), VISITOR_DAYS, secure(scope, headers))
         scope[IDENTITY] = identity
         if identity is not None:
-            self.access.parties.record(identity.owner, address)
+            scope[PARTY] = party_of(identity.owner, address)
         if new_cookie is None:
             await self.app(scope, receive, send)
             return
@@ -121,7 +134,7 @@ class Guard:
         await self.app(scope, receive, send_with_cookie)
 
     def identify(self, headers: dict[str, str], address: str | None = None
-                 ) -> tuple[Identity | None, str | QuotaExceeded | None]:
+                 ) -> tuple[Identity | None, str | QuotaExceeded | CounterUnavailable | None]:
         """(identity, None), (None, None) when no credentials came, (None, why) when they are wrong, or
         (None, QuotaExceeded) when HTTP Basic sign-ins of that user name or address are over TRYON_LOGIN_LIMIT
         (a wrong password counts; past the limit a right one is refused too)."""
@@ -142,7 +155,7 @@ class Guard:
             try:
                 identity = self.access.logins.attempt(user, address,
                                                       lambda: self.access.login(user, password, via="basic"))
-            except QuotaExceeded as exc:
+            except (QuotaExceeded, CounterUnavailable) as exc:
                 return None, exc
             return (identity, None) if identity else (None, "the user name or password is wrong.")
         cookie = cookie_value(headers.get("cookie", ""))
@@ -159,15 +172,26 @@ class Guard:
         await response(scope, receive, send)
 
 
-def client_address(scope, headers: dict[str, str], trust_proxy: bool) -> str | None:
-    """The caller's address: the connection's, or (behind a proxy the operator trusts) the first entry of
-    X-Forwarded-For, which only that proxy can set."""
-    if trust_proxy:
-        forwarded = headers.get("x-forwarded-for", "").split(",")[0].strip()
-        if forwarded:
-            return forwarded[:64]
+def client_address(scope, headers: dict[str, str], trust_proxy: int = 0) -> str | None:
+    """The caller's address: the connection's or, behind ``trust_proxy`` proxies the operator trusts, the
+    address the outermost of them saw: X-Forwarded-For's ``trust_proxy``-th entry from the right. Each proxy
+    appends the address it saw, so entries further left are whatever the client wrote and are never read. A
+    request with fewer entries came past the proxies: its connection's address counts."""
     client = scope.get("client")
-    return client[0] if client else None
+    connection = client[0] if client else None
+    if trust_proxy:
+        entries = [entry.strip() for entry in headers.get("x-forwarded-for", "").split(",") if entry.strip()]
+        if len(entries) >= trust_proxy:
+            return entries[-trust_proxy][:64]
+    return connection
+
+
+def request_party(request) -> str:
+    """The party behind a Gradio event (``gr.Request``), as the guard set it on the request that queued it;
+    the owner itself if Gradio kept no request (then counted by the visitor's cookie or the login)."""
+    inner = getattr(request, "request", None)
+    scope = getattr(inner, "scope", None) or {}
+    return scope.get(PARTY) or request_owner(request)
 
 
 def cookie_value(header: str) -> str | None:
@@ -256,6 +280,12 @@ def add_login_routes(app: FastAPI, access: Access) -> None:
             identity = (await anyio.to_thread.run_sync(access.logins.attempt, username, request.scope.get(ADDRESS),
                                                        lambda: access.login(username, password))
                         if access.required else None)
+        except CounterUnavailable as exc:
+            if next_path is not None:
+                page = login_page(safe_next(str(next_path)), str(exc)[0].upper() + str(exc)[1:], username, 503)
+                page.headers["Retry-After"] = "5"
+                return page
+            raise
         except QuotaExceeded as exc:
             await asyncio.sleep(0.5)
             retry = {"Retry-After": str(exc.retry_after)}

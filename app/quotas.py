@@ -12,7 +12,9 @@ once, each slot has one owner and no more than the limit can pass. No lock is ta
 holds nothing up), nothing is written into the files (a crash leaves whole slots or none), and
 ``<name>`` is an HMAC of the party with the volume's key: owners and addresses are not readable on
 disk. A refund removes slot files. Ended windows are removed by the next worker to charge. A volume
-that cannot be written (read-only, full) degrades to counting in this process, with one warning.
+that cannot be written (read-only, full, no permission: EROFS, ENOSPC, EACCES, EPERM) degrades to counting
+in this process, with one warning; any other error (EIO, EMFILE, ESTALE...) refuses that one request
+(CounterUnavailable, 503) and the next one uses the files again.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.config import SettingError, Settings
-from app.errors import BusyError, GenerationCancelled
+from app.errors import BusyError, CounterUnavailable, GenerationCancelled
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ MAX_COUNT = 10_000  # slot files per party and window
 _UNITS = {"m": 60, "h": 3600, "d": 86400}
 _RULE = re.compile(r"^(\d+)\s*/\s*(\d*)\s*([mhd])$")
 _SETTLE_S = 60  # a window is removed this long after it ended: refunds and slow clocks still find it
+_UNWRITABLE = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM})  # these degrade to memory
+_COUNTED = {"tryons": "try-ons", "logins": "failed sign-ins"}
 
 
 class QuotaExceeded(BusyError):
@@ -227,20 +231,41 @@ class Counter:
             if len(existing) + units > limit:
                 return None
             taken: list[Path] = []
-            for slot in range(limit):
-                if slot in existing:
-                    continue
-                path = folder / str(slot)
-                if not self._claim(path):  # another worker took it since the listing
-                    continue
-                taken.append(path)
-                if len(taken) == units:
-                    return taken
+            try:
+                for slot in range(limit):
+                    if slot in existing:
+                        continue
+                    path = folder / str(slot)
+                    if not self._claim(path):  # another worker took it since the listing
+                        continue
+                    taken.append(path)
+                    if len(taken) == units:
+                        return taken
+            except BaseException:  # a claim failed part-way: the slots already made are not kept either
+                try:
+                    self._unclaim(taken)
+                except OSError:
+                    pass  # logged by _unclaim; the claim's own error is the one to raise
+                raise
             # Others took the slots meanwhile; give ours back (a batch is all or nothing) and look again.
-            for path in taken:
-                os.unlink(path)
+            self._unclaim(taken)
             time.sleep(random.uniform(0.005, 0.03 * (attempt + 1)))
         return None
+
+    @staticmethod
+    def _unclaim(paths: list[Path]) -> None:
+        """Remove slot files this call made: every one, even when one fails; then the first failure is raised."""
+        failed: OSError | None = None
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot give back quota slot %s (%s): it stays used until its window ends", path, exc)
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
     @staticmethod
     def _claim(path: Path) -> bool:
@@ -286,11 +311,18 @@ class Counter:
                 del self._memory[(window, key)]
 
     def _degrade(self, exc: OSError) -> None:
+        """Count in this process from now on when the volume cannot be written (_UNWRITABLE); for any other
+        error, CounterUnavailable for this request only (not counted from zero), the files stay in use."""
+        reason = errno.errorcode.get(exc.errno or 0, "") or type(exc).__name__
+        if exc.errno not in _UNWRITABLE:
+            log.warning("cannot count %s in %s (%s: %s): this request is refused, the next one tries again",
+                        self.what, self.folder, reason, exc.strerror or exc)
+            raise CounterUnavailable(f"cannot count {_COUNTED.get(self.what, self.what)} on the volume just now "
+                                     f"({reason}); try again in a moment.") from exc
         with self._lock:
             if self.folder is None:
                 return
             where, self.folder = self.folder, None
-        reason = errno.errorcode.get(exc.errno or 0, "") or type(exc).__name__
         log.warning("cannot count %s in %s (%s: %s): counting in this process only from now on, so each worker "
                     "allows the full limit", self.what, where, reason, exc.strerror or exc)
 
@@ -316,6 +348,17 @@ class Usage:
     def as_dict(self) -> dict:
         return {"kind": self.kind, "limit": self.rule.count, "period": self.rule.text, "period_s": self.rule.seconds,
                 "used": self.used, "left": max(0, self.rule.count - self.used), "resets_in_s": self.resets_in}
+
+
+class Charge:
+    """The try-ons charged for a ``TryOnQuota.charged`` body; the body calls ``ran()`` for each one that ran to
+    the end (saved), so that a failure gives back only those that never ran."""
+
+    def __init__(self, units: int):
+        self.units, self.done = units, 0
+
+    def ran(self, count: int = 1) -> None:
+        self.done = min(self.units, self.done + count)
 
 
 class TryOnQuota:
@@ -353,14 +396,16 @@ class TryOnQuota:
             raise self._refusal(kind, rule, units, used, rule.seconds_left(now))
 
     @contextmanager
-    def charged(self, party: str, kind: str, units: int) -> Iterator[None]:
+    def charged(self, party: str, kind: str, units: int) -> Iterator[Charge]:
         """``units`` try-ons charged to ``party`` for the body (QuotaExceeded, before any work, when they do not
-        fit). Given back if the body fails or is refused (a try-on that never ran, or failed on our side);
-        kept if it ends or is stopped (Stop, the caller leaving, TRYON_MAX_RUN_S): the try-ons that had the
-        GPU count, a stopped batch's later items are given back."""
+        fit); the body gets a ``Charge`` and calls ``ran()`` as each try-on is saved. If the body fails or is
+        refused, the try-ons that never ran (or failed on our side) are given back, those it marked ``ran``
+        are kept; if it ends or is stopped (Stop, the caller leaving, TRYON_MAX_RUN_S) the try-ons that had
+        the GPU count, a stopped batch's later items are given back."""
+        charge = Charge(units)
         rule = self.rules.get(kind)
         if rule is None:
-            yield
+            yield charge
             return
         now = self.clock()
         name = f"{kind}\0{party}"
@@ -368,13 +413,13 @@ class TryOnQuota:
         if ticket is None:
             raise self._refusal(kind, rule, units, self.counter.used(name, rule, now), rule.seconds_left(now))
         try:
-            yield
+            yield charge
         except GenerationCancelled as exc:
-            ran = min(units, len(getattr(exc, "finished", []) or []) + 1)
+            ran = min(units, max(charge.done, len(getattr(exc, "finished", []) or [])) + 1)
             self.counter.give_back(ticket[ran:])
             raise
         except BaseException:
-            self.counter.give_back(ticket)
+            self.counter.give_back(ticket[charge.done:])
             raise
 
     def _refusal(self, kind: str, rule: Rule, units: int, used: int, retry: int) -> QuotaExceeded:
@@ -393,14 +438,16 @@ class TryOnQuota:
 # -- sign-ins ---------------------------------------------------------------------------------------
 
 class LoginLimit:
-    """TRYON_LOGIN_LIMIT: failed sign-ins per account name and per address, in the same kind of window.
+    """TRYON_LOGIN_LIMIT: failed sign-ins per address and per (account name, address) pair, in the same kind
+    of window.
 
     ``attempt`` verifies the credentials and then either charges a failure (to the address first, then the
-    account) or, for right ones, checks that neither is over the limit; so once over it, a right password
-    is refused too until the window ends, and guessing stays limited however many workers answer. Account
-    names are counted whether or not they exist, and the refusal is the same: it tells nothing about
-    which names exist. (Someone can lock an account out of password sign-ins for one window this way; API
-    keys and sessions already signed in are not affected.)"""
+    pair) or, for right ones, checks that neither is over the limit; so once over it, a right password is
+    refused too from that address until the window ends, and guessing from one address stays limited
+    however many workers answer. Failures from elsewhere do not count against an account: nobody can lock
+    alice out from another address. An unknown address (None) is not counted on its own and its pairs use
+    the address "unknown", so they count per account. Account names are counted whether or not they exist,
+    and the refusal is the same: it tells nothing about which names exist."""
 
     def __init__(self, rule: Rule | None, counter: Counter | None = None, clock: Callable[[], float] = time.time):
         self.rule, self.clock = rule, clock
@@ -415,14 +462,16 @@ class LoginLimit:
         return self.rule is not None
 
     def attempt(self, user: str, address: str | None, verify: Callable[[], object | None]):
-        """``verify()``'s identity, or None for wrong credentials; QuotaExceeded when this account or address
-        is over the limit (before or because of this attempt)."""
+        """``verify()``'s identity, or None for wrong credentials; QuotaExceeded when this address, or this
+        account from this address, is over the limit (before or because of this attempt)."""
         identity = verify()
         rule = self.rule
         if rule is None:
             return identity
         now = self.clock()
-        names = (f"address\0{address or 'unknown'}", f"account\0{user[:128]}")
+        names = [f"pair\0{user[:128]}\0{address or 'unknown'}"]
+        if address is not None:
+            names.insert(0, f"address\0{address}")
         if identity is None:
             for name in names:
                 if self.counter.take(name, rule, 1, now) is None:

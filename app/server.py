@@ -24,6 +24,7 @@ from app.config import Settings
 from app.engine import FAILED, READY, Engine
 from app.errors import (
     ApiError,
+    CounterUnavailable,
     GenerationCancelled,
     ModelLoadError,
     RunTimedOut,
@@ -31,7 +32,7 @@ from app.errors import (
     error_body,
     quoted,
 )
-from app.guard import Guard, add_login_routes, gradio_user, identity_of
+from app.guard import PARTY, Guard, add_login_routes, gradio_user, identity_of
 from app.http_limits import BodyLimit, CatchAll, JsonBodies
 from app.imaging import decode_image
 from app.metrics import Metrics
@@ -109,7 +110,6 @@ def create_app(settings: Settings, engine: Engine | None = None, *, ui: bool = T
     store = ResultStore(settings.layout.outputs, settings.layout.root, save_inputs=settings.save_inputs,
                         secret=access.secret)
     service = TryOnService(settings, engine, store)
-    service.parties = access.parties  # the guard records who is who; the queue counts by it
     service.quotas = TryOnQuota.from_settings(settings, access.secret)  # a bad TRYON_QUOTA fails the start
     service.metrics = Metrics(service, engine)
     app = FastAPI(title="catvton-volume", docs_url="/v1/docs", openapi_url="/v1/openapi.json", redoc_url=None)
@@ -196,7 +196,7 @@ def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> N
         """The caller's try-ons this period under TRYON_QUOTA (``quota`` null: none applies to them): kind
         (visitor, user or key), limit, period, used, left, and seconds until the period resets."""
         caller = identity_of(request)
-        usage = service.quota(caller.owner, kind_of(caller.owner, caller.via))
+        usage = service.quota(caller.owner, kind_of(caller.owner, caller.via), party_of_request(request))
         return {"quota": usage.as_dict() if usage else None}
 
     @app.post("/v1/tryon")
@@ -204,8 +204,9 @@ def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> N
         arrived = time.perf_counter()
         caller = identity_of(request)
         reader = ImageReader(settings, service.store, listing_owner(request), request)
-        service.check_quota(caller.owner, kind_of(caller.owner, caller.via))  # used up: refused before reading
-        with service.admitted(caller.owner):  # in the queue from here: reading and masks count, not only the GPU
+        party = party_of_request(request)
+        service.check_quota(caller.owner, kind_of(caller.owner, caller.via), party)  # used up: refused unread
+        with service.admitted(party):  # in the queue from here: reading and masks count, not only the GPU
             if body.seeds is not None or any(isinstance(v, list) for v in (body.person, body.garment, body.mask)):
                 return tryon_batch(settings, service, body, reader, caller, arrived)
             person = reader.load(body.person, "person")
@@ -215,7 +216,7 @@ def add_api_routes(app: FastAPI, settings: Settings, service: TryOnService) -> N
             read = time.perf_counter() - arrived
             saved = service.run(person, garment, mask, request_options(settings, body), owner=caller.owner,
                                 started=arrived, progress=stop_check(settings, request, arrived),
-                                kind=kind_of(caller.owner, caller.via))
+                                kind=kind_of(caller.owner, caller.via), party=party)
             return result_answer(saved, bool(body.return_image), arrived, read)
 
 
@@ -244,6 +245,11 @@ def automatic_mask(service: TryOnService) -> str:
     raise ApiError(400, "invalid_input", "no mask: automatic masks (\"mask\": \"auto\", or no mask) need the human "
                    "parser, which is not on this volume (python -m app download --with-parser); send a mask image "
                    "(white where the garment goes).")
+
+
+def party_of_request(request: Request) -> str:
+    """Whom this request's try-ons count against: the party the guard set (app.access.party_of)."""
+    return request.scope.get(PARTY) or identity_of(request).owner
 
 
 def listing_owner(request: Request) -> str | None:
@@ -330,7 +336,7 @@ def tryon_batch(settings: Settings, service: TryOnService, body: TryOnBody, read
     read = time.perf_counter() - arrived
     saved = service.run_batch(items, request_options(settings, body), owner=caller.owner, started=arrived,
                               progress=stop_check(settings, reader.request, arrived),
-                              kind=kind_of(caller.owner, caller.via))
+                              kind=kind_of(caller.owner, caller.via), party=party_of_request(reader.request))
     return {"batch": saved[0].metadata["batch"]["id"],
             "results": [result_answer(result, bool(body.return_image), arrived, read, in_batch=True)
                         for result in saved]}
@@ -368,6 +374,10 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelLoadError)
     async def model_error(request: Request, exc: ModelLoadError):
         return reply(503, "model_unavailable", str(exc))
+
+    @app.exception_handler(CounterUnavailable)
+    async def counter_unavailable(request: Request, exc: CounterUnavailable):
+        return reply(503, "quota_unavailable", str(exc), {"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):

@@ -19,16 +19,15 @@ from dataclasses import asdict, dataclass, replace
 
 from PIL import Image
 
-from app.access import Parties
 from app.config import Settings
 from app.engine import Engine
-from app.errors import BusyError, GenerationCancelled, TryOnInputError, quoted
+from app.errors import BusyError, GenerationCancelled, ModelLoadError, TryOnInputError, quoted
 from app.fair_queue import FairGate
 from app.imaging import Box, blur_mask, crop_padded, fit_box, flatten, model_region
 from app.masking import ParserHolder, apply_tools, paste_back
 from app.metrics import TryOnEvents, counted
 from app.outputs import ResultStore, SavedResult
-from app.quotas import QuotaExceeded, TryOnQuota, Usage, kind_of
+from app.quotas import Charge, QuotaExceeded, TryOnQuota, Usage, kind_of
 from app.validation import check_generation_args
 
 log = logging.getLogger(__name__)
@@ -132,7 +131,6 @@ class TryOnService:
         self.store = store
         self.metrics = TryOnEvents()  # counts nothing until the server attaches app.metrics.Metrics
         self._gpu = FairGate()  # the GPU, one try-on at a time, handed to parties in turn (app.fair_queue)
-        self.parties = Parties()  # whom each owner counts against; the server shares the guard's (app.access)
         self.quotas = TryOnQuota({})  # TRYON_QUOTA: the server sets the volume's (app.quotas)
         self._count_lock = threading.Lock()
         self._seconds_per_tryon: float | None = None  # measured: a moving average of generation seconds
@@ -160,16 +158,19 @@ class TryOnService:
 
     def run(self, person: Image.Image, garment: Image.Image, mask: Image.Image | str | None, options: TryOnOptions,
             owner: str = "anon", progress: Callable[[int, int], None] | None = None,
-            mask_tools_applied: bool = False, started: float | None = None, kind: str | None = None) -> SavedResult:
+            mask_tools_applied: bool = False, started: float | None = None, kind: str | None = None,
+            party: str | None = None) -> SavedResult:
         """One try-on, saved. ``mask_tools_applied``: the mask already carries ``options``' grow and longer
         (the studio shows the adjusted mask and sends what it shows); they are recorded, not applied again.
         ``started``: when the caller's request arrived (``time.perf_counter()``), for the wall-clock total.
-        ``kind``: the caller's kind for TRYON_QUOTA (app.quotas.kind_of; None: from the owner)."""
+        ``kind``: the caller's kind for TRYON_QUOTA (app.quotas.kind_of; None: from the owner). ``party``: whom
+        fair share, the per-caller limit and quotas count it against (the guard's, app.access.party_of; None:
+        the owner)."""
         started = time.perf_counter() if started is None else started
         begin = time.perf_counter()
         options.check()
         check_mask(person, mask)
-        party = self.parties.of(owner)
+        party = party or owner
         with self._charged(party, kind or kind_of(owner), 1), self._reserved(party, 1):
             job = self._prepare(person, garment, mask, options, mask_tools_applied)
             job.prepare_s = time.perf_counter() - begin
@@ -178,7 +179,7 @@ class TryOnService:
     def run_batch(self, items: list[BatchItem], options: TryOnOptions, owner: str = "anon",
                   progress: Callable[[int, int], None] | None = None,
                   mask_tools_applied: bool = False, started: float | None = None,
-                  kind: str | None = None) -> list[SavedResult]:
+                  kind: str | None = None, party: str | None = None) -> list[SavedResult]:
         """Several try-ons in order, each saved as ``run()`` saves one, with ``"batch"`` in its metadata.
 
         Every item is checked (and its mask made) before any generation, so a bad item fails the whole
@@ -204,14 +205,15 @@ class TryOnService:
                 each.check()
                 check_mask(item.person, item.mask)
             item_options.append(each)
-        party = self.parties.of(owner)
-        with self._charged(party, kind or kind_of(owner), count), self._reserved(party, count) as reservation:
+        party = party or owner
+        with self._charged(party, kind or kind_of(owner), count) as charge, \
+                self._reserved(party, count) as reservation:
             return self._run_jobs(items, item_options, owner, party, progress, mask_tools_applied, started,
-                                  reservation)
+                                  reservation, charge)
 
     def _run_jobs(self, items: list[BatchItem], item_options: list[TryOnOptions], owner: str, party: str,
                   progress: Callable[[int, int], None] | None, mask_tools_applied: bool, started: float,
-                  reservation: _Reservation) -> list[SavedResult]:
+                  reservation: _Reservation, charge: Charge | None = None) -> list[SavedResult]:
         """A checked batch's masks, then its try-ons one by one, each giving back its place when saved."""
         count = len(items)
         auto_masks: dict = {}  # one parser run per person and garment type, however many garments it wears
@@ -234,6 +236,8 @@ class TryOnService:
                                             batch={"id": batch_id, "index": index, "size": count}, started=started,
                                             party=party))
                 reservation.give_back(1)  # finished: no longer waiting
+                if charge is not None:
+                    charge.ran()  # saved: kept in the quota even if a later item fails
                 done += job.steps
         except BaseException as exc:
             log.info("batch %s stopped after %d of %d try-ons (%s)", batch_id, len(saved), count,
@@ -267,21 +271,22 @@ class TryOnService:
         return _Job(person, garment, mask, prepared_mask, region, options, seed, steps, guidance_steps)
 
     @contextmanager
-    def admitted(self, owner: str | None = None) -> Iterator[None]:
+    def admitted(self, party: str | None = None) -> Iterator[None]:
         """A REST request's place in the queue from its arrival: reading its images, its masks, the GPU,
         paste-back and saving all count against TRYON_QUEUE_MAX (requests in progress, the running one
         included), so a flood of large requests is refused before any of that work, not after. One party's
         requests in progress count against TRYON_MAX_WAITING_PER_OWNER too, so that a flood from one caller
         is refused without filling the queue for the others."""
-        party = self.parties.of(owner) if owner is not None else None
         with self._count_lock:
-            if self._in_flight >= self.settings.queue_max:
+            mine = self._in_flight_by.get(party, 0) if party is not None else 1
+            # Full: nobody new past twice the limit; up to it, only callers with nothing in progress get in.
+            if self._in_flight >= 2 * self.settings.queue_max or (self._in_flight >= self.settings.queue_max and mine):
                 self.metrics.refused("busy")
                 retry = self.retry_after()
                 raise BusyError(f"busy: {self._in_flight} try-on requests are already in progress (limit "
                                 f"{self.settings.queue_max}); try again in about {retry} s.", retry)
             if party is not None and self._in_flight_by.get(party, 0) >= self.settings.max_waiting_per_owner:
-                raise self._owner_busy(self._in_flight_by[party], 1)
+                raise self._owner_busy(self._in_flight_by[party])
             self._in_flight += 1
             if party is not None:
                 self._in_flight_by[party] = self._in_flight_by.get(party, 0) + 1
@@ -300,59 +305,68 @@ class TryOnService:
                         del self._in_flight_by[party]
 
     @contextmanager
-    def _charged(self, party: str, kind: str, count: int) -> Iterator[None]:
+    def _charged(self, party: str, kind: str, count: int) -> Iterator[Charge]:
         """``count`` try-ons charged to the party's quota (TRYON_QUOTA) before any work: refused whole if they do
         not fit, given back if they never ran or failed (app.quotas.TryOnQuota.charged)."""
         try:
-            with self.quotas.charged(party, kind, count):
-                yield
+            with self.quotas.charged(party, kind, count) as charge:
+                yield charge
         except QuotaExceeded:  # only the charge raises it
             self.metrics.refused("quota")
             raise
 
-    def quota(self, owner: str, kind: str | None = None) -> Usage | None:
+    def quota(self, owner: str, kind: str | None = None, party: str | None = None) -> Usage | None:
         """The owner's use of their quota this period (None: no quota for their kind)."""
-        return self.quotas.usage(self.parties.of(owner), kind or kind_of(owner))
+        return self.quotas.usage(party or owner, kind or kind_of(owner))
 
-    def check_quota(self, owner: str, kind: str | None = None) -> None:
+    def check_quota(self, owner: str, kind: str | None = None, party: str | None = None) -> None:
         """QuotaExceeded when the owner has no try-on left this period: a door can refuse before reading images."""
         try:
-            self.quotas.check(self.parties.of(owner), kind or kind_of(owner))
+            self.quotas.check(party or owner, kind or kind_of(owner))
         except QuotaExceeded:
             self.metrics.refused("quota")
             raise
 
-    def turns_ahead(self, owner: str) -> int | None:
-        """Try-ons that run before this owner's next waiting one (None: none waiting), for the studio's line."""
-        return self._gpu.ahead(self.parties.of(owner))
+    def turns_ahead(self, party: str) -> int | None:
+        """Try-ons that run before this party's next waiting one (None: none waiting), for the studio's line."""
+        return self._gpu.ahead(party)
 
-    def check_owner(self, owner: str) -> None:
-        """BusyError when this owner's party already holds its TRYON_MAX_WAITING_PER_OWNER try-ons (the
-        Gradio door asks before queueing an event)."""
-        party = self.parties.of(owner)
+    def check_owner(self, party: str) -> None:
+        """BusyError when this party already holds its TRYON_MAX_WAITING_PER_OWNER try-ons (the Gradio door
+        asks before queueing an event)."""
         held = max(self._gpu.held(party), self._in_flight_by.get(party, 0))
         if held >= self.settings.max_waiting_per_owner:
-            raise self._owner_busy(held, 1)
+            raise self._owner_busy(held)
 
     @contextmanager
     def _reserved(self, party: str, count: int) -> Iterator[_Reservation]:
-        """``count`` try-ons held for ``party`` while they wait and run (BusyError past its limit)."""
-        held = self._gpu.reserve(party, count, self.settings.max_waiting_per_owner)
+        """``count`` try-ons held for ``party`` while they wait and run: BusyError past its limit, or when the
+        queue is full (TRYON_QUEUE_MAX try-ons waiting; REST requests were counted on arrival) and this party
+        already has some there. A newcomer still gets in up to twice the limit, so that a few callers at their
+        own limits cannot shut everyone else out."""
+        limit = self.settings.max_waiting_per_owner
+        if count > limit:
+            raise TryOnInputError(f"this batch has {count} try-ons, over the {limit} one caller may have waiting "
+                                  f"(TRYON_MAX_WAITING_PER_OWNER): split it into batches of {limit} or fewer.")
+        if not _ADMITTED.get():
+            waiting, mine = self._gpu.state()["waiting"], self._gpu.held(party)
+            if waiting >= 2 * self.settings.queue_max or (waiting >= self.settings.queue_max and mine):
+                self.metrics.refused("busy")
+                retry = self.retry_after()
+                raise BusyError(f"busy: {waiting} try-ons are already waiting (limit {self.settings.queue_max}), "
+                                f"{mine} of them yours; try again in about {retry} s.", retry)
+        held = self._gpu.reserve(party, count, limit)
         if held is not None:
-            raise self._owner_busy(held, count)
+            raise self._owner_busy(held)
         reservation = _Reservation(self._gpu, party, count)
         try:
             yield reservation
         finally:
             reservation.give_back(reservation.left)
 
-    def _owner_busy(self, held: int, count: int) -> BusyError:
+    def _owner_busy(self, held: int) -> BusyError:
         self.metrics.refused("owner_limit")  # every caller raises it
         limit = self.settings.max_waiting_per_owner
-        if count > limit:
-            return BusyError(f"too many try-ons at once: this batch has {count}, over the {limit} one caller may "
-                             f"have waiting (TRYON_MAX_WAITING_PER_OWNER); split it into batches of {limit} or "
-                             "fewer.", self.retry_after())
         # One of theirs finishes within a round of the callers waiting (and the one running).
         retry = self.retry_after(min(held, self._gpu.state()["owners_waiting"]) + 1)
         return BusyError(f"busy: you already have {held} try-on{'s' if held != 1 else ''} waiting or running (at "
@@ -360,14 +374,7 @@ class TryOnService:
 
     def _wait_for_gpu(self, new_request: bool, party: str) -> float:
         """Wait for this party's turn on the GPU (app.fair_queue); the seconds waited. A new request is
-        refused when the queue is full (unless already admitted); a batch's later items hold its place."""
-        if new_request and not _ADMITTED.get():
-            waiting = self._gpu.state()["waiting"]
-            if waiting >= self.settings.queue_max:
-                self.metrics.refused("busy")
-                retry = self.retry_after()
-                raise BusyError(f"busy: {waiting} try-ons are already waiting (limit {self.settings.queue_max}); "
-                                f"try again in about {retry} s.", retry)
+        refused before any work when the queue is full (``_reserved``); a batch's later items hold its place."""
         queued = time.perf_counter()
         self._gpu.acquire(party)
         return time.perf_counter() - queued
@@ -390,9 +397,9 @@ class TryOnService:
                   ) -> SavedResult:
         """One prepared try-on through the GPU (held for the generation only), pasted back and saved."""
         options = job.options
-        waited = self._wait_for_gpu(new_request, party or self.parties.of(owner))
-        self.metrics.queue_waited(waited)
+        waited = self._wait_for_gpu(new_request, party or owner)
         try:
+            self.metrics.queue_waited(waited)
             with self.engine.use() as pipe:
                 result = pipe(person=crop_padded(job.person, job.region), garment=job.garment,
                               mask=crop_padded(job.prepared_mask, job.region, fill="black"), steps=job.steps,
@@ -401,6 +408,9 @@ class TryOnService:
                 # TRYON_SAFETY: the model's output is checked (what the model made; the rest of a pasted-back
                 # image is the person's own photo), on the device, so inside the GPU's turn.
                 checker = getattr(pipe, "safety_checker", None)
+                if self.settings.safety and checker is None:  # never serve unchecked results with it on
+                    raise ModelLoadError("TRYON_SAFETY is on but the loaded model has no safety checker: restart "
+                                         "the server (python -m app doctor says what is missing).")
                 verdict = checker.check(result.image) if checker is not None else None
             self._measured(result.timings["total"])  # the generation alone: a first load is no queue's pace
         finally:

@@ -18,10 +18,10 @@ from PIL import Image
 from app.access import Access
 from app.config import Settings
 from app.editor import EDITOR_SIDE, mask_layer
-from app.errors import GenerationCancelled, TryOnInputError
+from app.errors import CounterUnavailable, GenerationCancelled, TryOnInputError
 from app.examples import example_garments, example_people
 from app.gradio_door import TRYON, Streams
-from app.guard import request_owner
+from app.guard import request_kind, request_owner, request_party
 from app.imaging import decode_image, flatten
 from app.outputs import public_metadata
 from app.service import SIZES, TryOnOptions, TryOnService
@@ -223,7 +223,8 @@ RUN_DONE_JS = r"""() => {
 }"""
 REUSED = ("garment_type", "steps", "guidance", "random_seed", "seed", "size", "mask_blur", "mask_grow", "longer",
           "keep_photo", "draft")
-def status_text(service: TryOnService, owner: str | None = None) -> str:
+def status_text(service: TryOnService, owner: str | None = None, party: str | None = None,
+                kind: str | None = None) -> str:
     """The studio's status line; with ``owner``, their quota this period when one applies ("12 of 30 try-ons
     this hour")."""
     status = service.engine.status()
@@ -235,7 +236,10 @@ def status_text(service: TryOnService, owner: str | None = None) -> str:
     queue = service.queue_state()
     if queue["running"] or queue["waiting"]:
         parts.append(f"· running, {queue['waiting']} waiting")
-    usage = service.quota(owner) if owner is not None else None
+    try:
+        usage = service.quota(owner, kind, party) if owner is not None else None
+    except CounterUnavailable:  # the volume's counts cannot be read now: the line goes without them
+        usage = None
     if usage is not None:
         parts.append(f"· **{usage.line}**")
     if service.settings.tiny_models:
@@ -374,11 +378,12 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         done, total = 0, options.denoising(settings.draft_steps)[0] * count
         # The editor frames the region the model sees of this photo with this mask.
         frame = model_frame(session, run.first_mask, options.mask_blur, (options.width, options.height))
-        yield (*line(0.0, describe(service, 0, total, clock, started, count, request_owner(request)))[:-1], frame)
+        yield (*line(0.0, describe(service, 0, total, clock, started, count, request_party(request)))[:-1], frame)
         # A page that closed or reloaded waits for nothing: its run stops (app.gradio_door.Streams).
         page_gone = lambda: streams.gone(request.session_hash)  # noqa: E731
         try:
-            for event in run_in_thread(service, session, run, request_owner(request), page_gone):
+            for event in run_in_thread(service, session, run, request_owner(request), page_gone,
+                                       party=request_party(request), kind=request_kind(request)):
                 kind = event[0]
                 if kind == "step":
                     done, total = event[1], event[2]
@@ -410,13 +415,16 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
                     if any(r.flagged for r in results):  # TRYON_SAFETY: said in the line, with what to do
                         note = flagged_note(results, note)
                         state = "flagged" if all(r.flagged for r in results) else "done"
-                    usage = service.quota(request_owner(request))
+                    try:
+                        usage = service.quota(request_owner(request), request_kind(request), request_party(request))
+                    except CounterUnavailable:  # the line goes without the count
+                        usage = None
                     if usage is not None:  # TRYON_QUOTA: "12 of 30 try-ons this hour"
                         note += f" {usage.line[0].upper()}{usage.line[1:]}."
                     yield shown_results(session, run, results, progress_html(1.0, note, state))
                     return
                 yield line(done / total if total else None,
-                           describe(service, done, total, clock, started, count, request_owner(request)))
+                           describe(service, done, total, clock, started, count, request_party(request)))
         except GeneratorExit:  # Gradio dropped the run's stream (the page went): stop the work too
             session.cancel.set()
             raise
@@ -445,7 +453,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
                 gr.skip())
 
     def owner_status(request: gr.Request):
-        return status_text(service, request_owner(request))
+        return status_text(service, request_owner(request), request_party(request), request_kind(request))
 
     def after_run(request: gr.Request):
         return (*buttons(False), owner_status(request))  # the status line with this run counted

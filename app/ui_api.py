@@ -13,7 +13,7 @@ from app.access import Access
 from app.config import Settings
 from app.errors import GenerationCancelled
 from app.gradio_door import TRYON, Streams
-from app.guard import request_kind
+from app.guard import request_kind, request_party
 from app.guard import request_owner as owner
 from app.results_api import PER_PAGE_MAX, results_page
 from app.service import GARMENT_TYPES, BatchItem, TryOnOptions, TryOnService
@@ -51,7 +51,7 @@ def add_api_endpoints(service: TryOnService, settings: Settings, access: Access,
                                 options(garment_type, steps, guidance, seed, width, height, mask_blur, mask_grow,
                                         longer, keep_photo, draft),
                                 owner=owner(request), progress=reporter(request, progress),
-                                kind=request_kind(request))
+                                kind=request_kind(request), party=request_party(request))
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from None
         # Flagged by the safety checker: no image, and the metadata says so in a sentence.
@@ -76,7 +76,8 @@ def add_api_endpoints(service: TryOnService, settings: Settings, access: Access,
                      for i, person in enumerate(people) for garment in clothes for s in seeds]
             saved = service.run_batch(items, options(garment_type, steps, guidance, seed, width, height, mask_blur,
                                                      mask_grow, longer, keep_photo, draft), owner=owner(request),
-                                      progress=reporter(request, progress), kind=request_kind(request))
+                                      progress=reporter(request, progress), kind=request_kind(request),
+                                      party=request_party(request))
         except USER_ERRORS as exc:
             raise gr.Error(str(exc)) from None
         return ([(saved_image(s), seed_caption(s.metadata)) for s in saved if not s.flagged],

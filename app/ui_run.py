@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from app.editor import MaskEdits, is_copy_of, painted_mask, photo_digest, scaled_mask, shown_copy
-from app.errors import GenerationCancelled, ModelLoadError, TryOnInputError
+from app.errors import CounterUnavailable, GenerationCancelled, ModelLoadError, TryOnInputError
 from app.imaging import blur_mask, crop_padded, decode_image, flatten, resize_and_crop
 from app.masking import apply_tools
 from app.outputs import SavedResult, public_metadata
@@ -32,7 +32,7 @@ from app.service import BatchItem, BusyError, TryOnOptions, TryOnService, mask_r
 MAX_VARIATIONS = 8
 DISPLAY_SIDE = 1200  # px: the long side of the Compare view (shown about 460 px tall: sharp on a 2x screen)
 TILE_SIDE = 768  # px: the long side of each picture in the Inputs view (four side by side)
-USER_ERRORS = (TryOnInputError, BusyError, ModelLoadError)
+USER_ERRORS = (TryOnInputError, BusyError, ModelLoadError, CounterUnavailable)
 
 
 class Session:
@@ -295,17 +295,17 @@ class StepClock:
 
 
 def describe(service: TryOnService, done: int, total: int, clock: StepClock, started: float, count: int,
-             owner: str | None = None) -> str:
+             party: str | None = None) -> str:
     elapsed = time.perf_counter() - started
     if done == 0:
         state = service.engine.status().state
         if state in ("unloaded", "loading"):
             return f"Loading the model… {elapsed:.0f} s (the first run after a start takes longer)"
-        ahead = service.turns_ahead(owner) if owner is not None else None
+        ahead = service.turns_ahead(party) if party is not None else None
         if ahead:  # callers take turns (app.fair_queue): what runs before this one, not the whole queue
             return f"Waiting for the GPU: {ahead} try-on{'s' if ahead > 1 else ''} before yours · {elapsed:.0f} s"
         queue_state = service.queue_state()
-        if owner is None and queue_state["running"] and queue_state["waiting"]:  # among those waiting
+        if party is None and queue_state["running"] and queue_state["waiting"]:  # among those waiting
             queued = queue_state["waiting"]
             return f"Waiting for the GPU: another try-on is running, {queued} queued · {elapsed:.0f} s"
         return f"Starting… {elapsed:.0f} s"
@@ -316,7 +316,7 @@ def describe(service: TryOnService, done: int, total: int, clock: StepClock, sta
 
 
 def run_in_thread(service: TryOnService, session: Session, request: RunRequest, owner: str,
-                  gone: Callable[[], bool] = lambda: False):
+                  gone: Callable[[], bool] = lambda: False, party: str | None = None, kind: str | None = None):
     """Start the try-ons in a worker thread; yields (done, total, results | None, error | None) as they go.
     The thread stops between steps on Stop or once ``gone()`` says the page has left, whether or not
     anyone still iterates this generator (Gradio stops doing so when the page goes)."""
@@ -331,7 +331,7 @@ def run_in_thread(service: TryOnService, session: Session, request: RunRequest, 
         try:
             # Painted masks are sent as shown (tools already applied on screen); "auto" ones get them.
             results = service.run_batch(request.items, request.options, owner=owner, progress=progress,
-                                        mask_tools_applied=True)
+                                        mask_tools_applied=True, party=party, kind=kind)
             events.put(("done", results))
         except BaseException as exc:  # reported to the page; the service keeps serving
             events.put(("error", exc))

@@ -11,7 +11,7 @@ from test_batch import fast_options
 from test_server import FAST, assert_error, outputs
 
 from app.engine import Engine
-from app.errors import BusyError
+from app.errors import BusyError, TryOnInputError
 from app.fair_queue import FairGate
 from app.outputs import ResultStore
 from app.server import create_app
@@ -199,7 +199,7 @@ def test_past_its_limit_one_owner_is_refused_and_the_others_are_not(make_service
         with pytest.raises(BusyError, match=r"you already have 2 try-ons waiting or running \(at most 2 per caller\)"):
             service.run(images["person"], images["garment"], images["mask"], fast_options(), owner="user:script")
         items = [BatchItem(images["person"], images["garment"], images["mask"]) for _ in range(3)]
-        with pytest.raises(BusyError, match="this batch has 3, over the 2 one caller may have waiting"):
+        with pytest.raises(TryOnInputError, match="this batch has 3 try-ons, over the 2 one caller may have"):
             service.run_batch(items, fast_options(), owner="user:other")
         threads.append(threading.Thread(target=run, args=("user:ana",)))
         threads[-1].start()
@@ -222,7 +222,7 @@ def test_rest_callers_get_429_for_their_own_flood_while_others_are_served(volume
     service = app.state.service
     body = {"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "inputs/mask.png", **FAST}
     answers = []
-    with TestClient(app) as client:
+    with TestClient(app, client=("203.0.113.5", 50000)) as client:
         def post(key: str | None) -> None:
             headers = {"X-API-Key": key} if key else {}
             answers.append((key, client.post("/v1/tryon", json=body, headers=headers)))
@@ -277,3 +277,81 @@ def test_the_studio_says_how_many_try_ons_run_before_yours(make_service, images)
     assert lines["user:ana"].startswith("Waiting for the GPU: 2 try-ons before yours")
     assert lines["user:ben"].startswith("Waiting for the GPU: 3 try-ons before yours")
     assert lines["user:cleo"].startswith("Starting")  # nothing of theirs waits
+
+
+def test_new_parties_cannot_jump_ahead_of_callers_already_waiting():
+    gate = FairGate()
+    gate.acquire("script")  # running: turn 1
+    order, lock = [], threading.Lock()
+
+    def take(party):
+        gate.acquire(party)
+        with lock:
+            order.append(party)
+        gate.release()
+
+    threads = [threading.Thread(target=take, args=("designer",))]
+    threads[0].start()
+    wait_until(lambda: gate.state()["waiting"] == 1)
+    gate.release()  # the designer's turn (2); the script takes the GPU back (3) as the flood arrives
+    wait_until(lambda: order == ["designer"])
+    gate.acquire("script")
+    threads.append(threading.Thread(target=take, args=("designer",)))
+    threads[-1].start()
+    wait_until(lambda: gate.state()["waiting"] == 1)
+    for number in range(5):  # a caller changing addresses: five parties never seen
+        threads.append(threading.Thread(target=take, args=(f"fresh-{number}",)))
+        threads[-1].start()
+        wait_until(lambda number=number: gate.state()["waiting"] == number + 2)
+    gate.release()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert order[:2] == ["designer", "designer"], order  # served before every newcomer that came after it
+
+
+def test_the_callers_address_is_the_one_our_proxies_saw_and_loopback_counts_by_cookie():
+    from app.access import party_of, usable_address
+    from app.guard import client_address
+
+    scope = {"client": ("10.0.0.9", 4000)}  # the proxy's connection
+    spoofed = {"x-forwarded-for": "198.51.100.66, 203.0.113.7"}  # the client wrote the first, our proxy the last
+    assert client_address(scope, spoofed, 0) == "10.0.0.9"
+    assert client_address(scope, spoofed, 1) == "203.0.113.7"
+    assert client_address(scope, spoofed, 2) == "198.51.100.66"
+    assert client_address(scope, {"x-forwarded-for": "203.0.113.7"}, 2) == "10.0.0.9"  # came past a proxy
+    assert party_of("visitor:abc", "203.0.113.7") == "addr:203.0.113.7"
+    assert party_of("user:ana", "203.0.113.7") == "user:ana"
+    # --share's tunnel and a local proxy arrive from loopback: the visitor's cookie tells callers apart there.
+    assert party_of("visitor:abc", "127.0.0.1") == "visitor:abc" and party_of("visitor:abc", None) == "visitor:abc"
+    assert party_of("visitor:abc", "::1") == "visitor:abc" and usable_address("testclient") is None
+    # One IPv6 host holds a whole /64: it is one caller.
+    assert party_of("anon:1", "2001:db8::1") == party_of("anon:2", "2001:db8::2") == "addr:2001:db8::/64"
+    assert usable_address("::ffff:203.0.113.7") == "203.0.113.7"
+
+
+def test_when_the_queue_is_full_a_newcomer_still_gets_in_but_not_the_callers_already_there(make_service, images):
+    service = make_service(queue_max=1, max_waiting_per_owner=4)
+    service.engine.get()
+    service._gpu.acquire("user:holder")
+    threads = []
+
+    def run(owner):
+        threads.append(threading.Thread(target=service.run, args=(images["person"], images["garment"],
+                                                                  images["mask"], fast_options()),
+                                        kwargs={"owner": owner}))
+        threads[-1].start()
+
+    try:
+        run("user:script")
+        wait_until(lambda: service.queue_state()["waiting"] == 1)  # the queue of one is full
+        with pytest.raises(BusyError, match=r"1 try-ons are already waiting \(limit 1\), 1 of them yours"):
+            service.run(images["person"], images["garment"], images["mask"], fast_options(), owner="user:script")
+        run("user:ana")  # a newcomer gets in, up to twice the limit
+        wait_until(lambda: service.queue_state()["waiting"] == 2)
+        with pytest.raises(BusyError, match=r"2 try-ons are already waiting \(limit 1\), 0 of them yours"):
+            service.run(images["person"], images["garment"], images["mask"], fast_options(), owner="user:ben")
+    finally:
+        service._gpu.release()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert service.queue_state()["owners_active"] == 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import errno
 import multiprocessing
+import os
 import shutil
 import time
 from pathlib import Path
@@ -12,9 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import SettingError, Settings
-from app.errors import GenerationCancelled
+from app.errors import CounterUnavailable, GenerationCancelled
 from app.quotas import (
     Counter,
+    LoginLimit,
     QuotaExceeded,
     TryOnQuota,
     kind_of,
@@ -192,24 +195,102 @@ def test_what_did_not_run_is_given_back(tmp_path):
         pass
 
 
-def test_an_unwritable_volume_counts_in_this_process_with_one_warning(tmp_path, caplog):
-    blocked = tmp_path / "quotas"
-    blocked.write_text("a file where the folder should be")
-    quota = TryOnQuota(parse_quota("2/h"), Counter(blocked, b"s" * 32, "tryons"), Clock(START))
+def test_a_failed_batch_keeps_only_what_it_saved(tmp_path):
+    quota = TryOnQuota(parse_quota("visitor=5/h"), Counter(tmp_path, b"s" * 32, "tryons"), Clock(START))
+    with pytest.raises(RuntimeError):
+        with quota.charged("addr:a", "visitor", 4) as charge:
+            charge.ran()  # the first item was saved, then the second failed on our side
+            raise RuntimeError("the GPU fell over")
+    assert quota.usage("addr:a", "visitor").used == 1
+    with pytest.raises(GenerationCancelled):
+        with quota.charged("addr:a", "visitor", 3) as charge:
+            charge.ran(2)
+            raise GenerationCancelled("stopped")  # no finished list: the charge says two were saved
+    assert quota.usage("addr:a", "visitor").used == 4  # two saved and the one stopped on the GPU
+
+
+def _unwritable(code: int):
+    def slots(folder):
+        raise OSError(code, os.strerror(code), str(folder))
+    return slots
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM])
+def test_an_unwritable_volume_counts_in_this_process_with_one_warning(tmp_path, caplog, monkeypatch, code):
+    counter = Counter(tmp_path, b"s" * 32, "tryons")
+    monkeypatch.setattr(counter, "_slots", _unwritable(code))
+    quota = TryOnQuota(parse_quota("2/h"), counter, Clock(START))
     for _ in range(2):
         with quota.charged("addr:a", "visitor", 1):
             pass
     with pytest.raises(QuotaExceeded):
         with quota.charged("addr:a", "visitor", 1):
             pass
-    assert caplog.text.count("counting in this process only") == 1
+    assert caplog.text.count("counting in this process only") == 1 and counter.folder is None
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.EMFILE, errno.ESTALE])
+def test_other_errors_refuse_the_request_and_keep_the_files(tmp_path, caplog, monkeypatch, code):
+    counter = Counter(tmp_path, b"s" * 32, "tryons")
+    quota = TryOnQuota(parse_quota("2/h"), counter, Clock(START))
+    with quota.charged("addr:a", "visitor", 1):
+        pass
+    with monkeypatch.context() as patch:
+        patch.setattr(counter, "_slots", _unwritable(code))
+        sentence = rf"cannot count try-ons on the volume just now \({errno.errorcode[code]}\)"
+        with pytest.raises(CounterUnavailable, match=sentence):
+            with quota.charged("addr:a", "visitor", 1):
+                pass
+        with pytest.raises(CounterUnavailable):
+            quota.usage("addr:a", "visitor")
+    assert counter.folder == tmp_path and "counting in this process only" not in caplog.text
+    assert quota.usage("addr:a", "visitor").used == 1  # not counted from zero: the files are used again
+    with quota.charged("addr:a", "visitor", 1):
+        pass
+    with pytest.raises(QuotaExceeded):
+        with quota.charged("addr:a", "visitor", 1):
+            pass
+
+
+def test_a_failed_claim_or_rollback_leaves_no_slot_behind(tmp_path, monkeypatch, caplog):
+    counter = Counter(tmp_path, b"s" * 32, "tryons")
+    rule = parse_rule("5/h", "TEST", "")
+    real_claim = Counter._claim
+
+    def broken_claim(path):  # slot 0 is made, then the volume fails
+        if path.name == "0":
+            return real_claim(path)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(counter, "_claim", broken_claim)
+    with pytest.raises(CounterUnavailable):
+        counter.take("a", rule, 3, START)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # slot 0 was given back
+
+    def raced_claim(path):  # slots 0 and 1 are ours, the others were taken meanwhile
+        return real_claim(path) if path.name in ("0", "1") else False
+
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if Path(path).name == "0":
+            raise OSError(errno.EIO, "Input/output error")
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(counter, "_claim", raced_claim)
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(CounterUnavailable):
+        counter.take("a", rule, 3, START)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["0"]  # slot 1 was still given back
+    assert "cannot give back quota slot" in caplog.text and counter.folder == tmp_path
 
 
 # -- try-ons through the server ------------------------------------------------------------------
 
 def test_rest_over_quota_is_429_with_retry_after_and_nothing_saved(volume):
     settings = settings_for(volume, quota="visitor=3/h")
-    with TestClient(create_app(settings, ui=False)) as client:
+    with TestClient(create_app(settings, ui=False), client=("203.0.113.5", 5000)) as client:  # by address
         assert client.get("/v1/quota").json() == {"quota": {
             "kind": "visitor", "limit": 3, "period": "3/h", "period_s": 3600, "used": 0, "left": 3,
             "resets_in_s": client.get("/v1/quota").json()["quota"]["resets_in_s"]}}
@@ -235,6 +316,52 @@ def test_rest_over_quota_is_429_with_retry_after_and_nothing_saved(volume):
         assert (status["used"], status["left"]) == (3, 0) and abs(status["resets_in_s"] - retry) <= 2
 
 
+def test_a_batch_that_fails_part_way_keeps_only_the_items_it_saved(volume, monkeypatch):
+    with TestClient(create_app(settings_for(volume, quota="visitor=5/h"), ui=False),
+                    raise_server_exceptions=False, client=("10.2.3.4", 5000)) as client:
+        service = client.app.state.service
+        real, calls = service._generate, []
+
+        def flaky(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("the GPU fell over")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(service, "_generate", flaky)
+        assert tryon(client, seeds=[1, 2, 3]).status_code == 500
+        assert len(results(volume)) == 1
+        assert client.get("/v1/quota").json()["quota"]["used"] == 1  # the saved one counts, the other two not
+
+
+def test_counts_that_cannot_be_read_answer_503_with_a_sentence(volume, monkeypatch):
+    settings = settings_for(volume, quota="visitor=3/h", auth="", login_limit="3/15m")
+    with TestClient(create_app(settings, ui=False), client=("10.2.3.4", 5000)) as client:
+        counter = client.app.state.service.quotas.counter
+        with monkeypatch.context() as patch:
+            patch.setattr(counter, "_slots", _unwritable(errno.EIO))
+            refused = tryon(client)
+            assert refused.status_code == 503 and refused.json()["error"]["code"] == "quota_unavailable"
+            assert refused.json()["error"]["message"] == ("cannot count try-ons on the volume just now (EIO); try "
+                                                          "again in a moment.")
+        assert results(volume) == []
+        assert tryon(client).status_code == 200
+        assert client.get("/v1/quota").json()["quota"]["used"] == 1
+    settings = settings_for(volume, auth="alice:wonder", login_limit="3/15m")
+    with TestClient(create_app(settings, ui=False), follow_redirects=False) as client:
+        with monkeypatch.context() as patch:
+            patch.setattr(client.app.state.access.logins.counter, "_slots", _unwritable(errno.EMFILE))
+            for password in ("wonder", "guess"):
+                basic_refused = client.get("/v1/status", headers=basic("alice", password))
+                assert basic_refused.status_code == 503
+                assert basic_refused.json()["error"]["message"].startswith("cannot count failed sign-ins")
+            page = client.post("/login", data={"username": "alice", "password": "wonder", "next": "/"})
+            assert page.status_code == 503 and "Cannot count failed sign-ins" in page.text
+            script = client.post("/login", data={"username": "alice", "password": "wonder"})
+            assert script.status_code == 503 and script.json()["error"]["code"] == "quota_unavailable"
+        assert client.get("/v1/status", headers=basic("alice", "wonder")).status_code == 200
+
+
 def test_a_second_worker_on_the_volume_sees_the_first_ones_count(volume):
     settings = settings_for(volume, quota="user=2/h", auth="alice:wonder", api_keys="ci:ck-1")
     with TestClient(create_app(settings, ui=False)) as first, TestClient(create_app(settings, ui=False)) as second:
@@ -251,12 +378,12 @@ def test_a_second_worker_on_the_volume_sees_the_first_ones_count(volume):
 def test_the_studio_status_line_shows_the_owners_use(volume):
     from app.ui import status_text
 
-    with TestClient(create_app(settings_for(volume, quota="30/h"), ui=False)) as client:
+    with TestClient(create_app(settings_for(volume, quota="30/h"), ui=False), client=("203.0.113.5", 5000)) as client:
         service = client.app.state.service
-        service.parties.record("visitor:0123", "testclient")  # as the guard records a studio visitor
-        assert "0 of 30 try-ons this hour" in status_text(service, "visitor:0123")
+        party = "addr:203.0.113.5"  # as the guard sets it for a studio visitor at this address
+        assert "0 of 30 try-ons this hour" in status_text(service, "visitor:0123", party)
         assert tryon(client, seeds=[1, 2]).status_code == 200  # the same address: the same party
-        assert "**2 of 30 try-ons this hour**" in status_text(service, "visitor:0123")
+        assert "**2 of 30 try-ons this hour**" in status_text(service, "visitor:0123", party)
         assert "try-ons this" not in status_text(service)
     with TestClient(create_app(settings_for(volume), ui=False)) as client:
         assert "try-ons this" not in status_text(client.app.state.service, "visitor:0123")  # no quota
@@ -264,9 +391,9 @@ def test_the_studio_status_line_shows_the_owners_use(volume):
 
 # -- login limits ---------------------------------------------------------------------------------
 
-def test_failed_sign_ins_are_limited_per_account_and_per_address(volume):
+def test_failed_sign_ins_are_limited_per_address_and_per_account_from_it(volume):
     settings = settings_for(volume, auth="alice:wonder,bob:builder", api_keys="ci:ck-1", login_limit="3/15m",
-                            trust_proxy=True)
+                            trust_proxy=1)
     clock = Clock(START + 60)
     with TestClient(create_app(settings, ui=False)) as client:
         client.app.state.access.logins.clock = clock
@@ -274,21 +401,27 @@ def test_failed_sign_ins_are_limited_per_account_and_per_address(volume):
         def status(user, password, address):
             return client.get("/v1/status", headers={**basic(user, password), "X-Forwarded-For": address})
 
-        # Per account: three wrong passwords from three addresses, then the right one from a fourth.
-        for number in range(3):
+        # Wrong passwords for alice from elsewhere do not lock her out.
+        for number in range(6):
             assert status("alice", "guess", f"10.0.0.{number}").status_code == 401
-        locked = status("alice", "wonder", "10.0.0.9")
+        assert status("alice", "wonder", "10.0.0.9").status_code == 200
+
+        # Per account from one address: three wrong passwords, then even the right one is refused there.
+        for _ in range(3):
+            assert status("alice", "guess", "10.0.1.1").status_code == 401
+        locked = status("alice", "wonder", "10.0.1.1")
         assert locked.status_code == 429 and locked.json()["error"]["code"] == "too_many_attempts"
         assert int(locked.headers["retry-after"]) == 15 * 60 - 60
         assert locked.json()["error"]["message"] == ("too many failed sign-ins for this user name or from this "
                                                      "address (3 per 15 minutes); try again in 14 min.")
+        assert status("alice", "wonder", "10.0.0.9").status_code == 200  # from her own address she gets in
         assert status("bob", "builder", "10.0.0.9").status_code == 200  # others are not affected
         assert client.get("/v1/status", headers={"X-API-Key": "ck-1"}).status_code == 200
 
         # A name that does not exist is counted and refused the same way: nothing tells which names exist.
-        for number in range(3):
-            assert status("mallory", "guess", f"10.1.0.{number}").status_code == 401
-        assert status("mallory", "guess", "10.1.0.9").json() == locked.json()
+        for _ in range(3):
+            assert status("mallory", "guess", "10.1.0.1").status_code == 401
+        assert status("mallory", "guess", "10.1.0.1").json() == locked.json()
 
         # Per address: three wrong sign-ins of different names from one address.
         for name in ("bob", "carol", "dave"):
@@ -299,10 +432,20 @@ def test_failed_sign_ins_are_limited_per_account_and_per_address(volume):
         # Another worker of the volume refuses alice too; the next quarter hour lets her in again.
         with TestClient(create_app(settings, ui=False)) as second:
             second.app.state.access.logins.clock = clock
-            refused = second.get("/v1/status", headers={**basic("alice", "wonder"), "X-Forwarded-For": "10.0.0.9"})
+            refused = second.get("/v1/status", headers={**basic("alice", "wonder"), "X-Forwarded-For": "10.0.1.1"})
             assert refused.status_code == 429
         clock.now = START + 15 * 60
-        assert status("alice", "wonder", "10.0.0.9").status_code == 200
+        assert status("alice", "wonder", "10.0.1.1").status_code == 200
+
+
+def test_an_unknown_address_counts_per_account_only():
+    limit = LoginLimit(parse_login_limit("2/h"), clock=Clock(START))
+    for _ in range(2):
+        assert limit.attempt("alice", None, lambda: None) is None
+    with pytest.raises(QuotaExceeded):
+        limit.attempt("alice", None, lambda: "alice")
+    assert limit.attempt("bob", None, lambda: "bob") == "bob"  # no shared "unknown" address count
+    assert limit.attempt("alice", "10.0.0.1", lambda: "alice") == "alice"  # a known address is its own pair
 
 
 def test_the_login_page_says_why_it_refuses(volume):

@@ -179,7 +179,7 @@ def test_full_queue_answers_429(volume, make_settings, images):
     settings = make_settings(volume, queue_max=1)
     app = create_app(settings, ui=False)
     service = app.state.service
-    with TestClient(app) as client:
+    with TestClient(app, client=("203.0.113.5", 50000)) as client:  # one caller: anonymous calls count by address
         service._gpu.acquire()  # a try-on is running
         try:
             waiting = threading.Thread(target=lambda: client.post("/v1/tryon", json={
