@@ -12,7 +12,22 @@ from app.config import Settings
 from app.demo_images import example_garment, example_mask, example_person
 
 ROOT = Path(__file__).resolve().parents[1]
-pytest_plugins = ["tests.launcher_kit"]  # the launcher tests' fixtures (volume, requirements)
+pytest_plugins = ["tests.launcher_kit",  # the launcher tests' fixtures (volume, requirements)
+                  "tests.studio_kit",  # the studio's browser tests' fixtures (studio, page, auto_reference)
+                  "tests.cpu_report"]  # TEST_CPU_REPORT=FILE: CPU seconds per test
+
+# The quick loop (`./dev test --fast`, i.e. `-m "not slow"`) leaves out whatever starts a browser, builds a
+# launcher runtime or an image, or launches servers: whole modules here, single tests by @pytest.mark.slow.
+SLOW_MODULES = {"test_studio", "test_studio_runs", "test_studio_photos", "test_studio_access", "test_launcher",
+                "test_launcher_faults", "test_launcher_health", "test_launcher_python", "test_image_build", "test_e2e"}
+
+
+def pytest_collection_modifyitems(config, items):
+    slow = pytest.mark.slow
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in SLOW_MODULES or "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(slow)
 
 
 @pytest.fixture(scope="session")

@@ -140,6 +140,7 @@ def test_listings_skip_flagged_records(tmp_path):
     assert store.get(flagged.id, "user:a") is None and store.get(kept.id, "user:a") is not None
 
 
+@pytest.mark.slow
 def test_download_with_safety_fetches_the_checker(tiny_volume, tmp_path):
     target = tmp_path / "fresh"
     settings = Settings.from_env({}, volume=str(target))
@@ -189,6 +190,7 @@ def test_doctor_reports_the_checker_and_the_setting(volume_copy):
     assert "download --with-safety" in quiet.stdout
 
 
+@pytest.mark.slow
 def test_gradio_client_gets_no_image_and_the_flag(tiny_volume, tmp_path):
     from gradio_client import Client, handle_file
 
@@ -225,8 +227,9 @@ def test_the_studio_line_says_which_were_flagged_and_what_to_do(tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); CI installs it")
+@pytest.mark.slow
 def test_the_studio_says_flagged_and_shows_no_result(tiny_volume, tmp_path, browser):
-    from tests.test_studio import GARMENT, PERSON, load_inputs, stroke
+    from tests.studio_kit import GARMENT, PERSON, load_inputs, stroke
 
     volume = tmp_path / "studio"
     shutil.copytree(tiny_volume / "models", volume / "tiny-models")
