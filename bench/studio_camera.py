@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tests.test_e2e import CHROMIUM, CHROMIUM_FLAGS, launch_server  # noqa: E402
 from tests.studio_kit import GARMENT, PERSON, press_auto_mask, put_photo  # noqa: E402
+from tests.test_e2e import CHROMIUM, CHROMIUM_FLAGS, launch_server  # noqa: E402
 
 SIZES = ((600, 900), (3000, 2000))
 

@@ -80,6 +80,7 @@ def _make_secret(volume, queue):
     queue.put(load_secret(volume))
 
 
+@pytest.mark.slow
 def test_the_cookie_key_is_made_once_per_volume_by_racing_workers(tmp_path):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -140,6 +141,7 @@ def assert_unauthorized(response, fragment: str = "sign in") -> None:
     assert response.json()["error"]["code"] == "unauthorized" and fragment in response.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_every_route_but_ping_needs_credentials(guarded):
     assert guarded.get("/ping").status_code == 200
     api_routes = [route for route in guarded.app.routes if getattr(route, "path", "").startswith("/v1/")]

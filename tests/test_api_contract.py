@@ -213,6 +213,7 @@ def test_bad_request(contract_server, case):
     assert volume_files(contract_server["volume"]) == before, name
 
 
+@pytest.mark.slow
 def test_null_takes_the_default_for_every_field(contract_server):
     response = httpx.post(contract_server["url"] + "/v1/tryon", timeout=120,
                           json={**GOOD, "garment_type": None, "return_image": None, "seed": None, "keep_photo": None})
@@ -304,6 +305,7 @@ def test_a_run_past_the_time_limit_is_stopped_and_answered_504(tmp_path, make_se
     assert not list((volume / "outputs").rglob("*.png")) if (volume / "outputs").exists() else True
 
 
+@pytest.mark.slow
 def test_a_client_that_goes_away_stops_its_run(contract_server):
     results = lambda: len(list((contract_server["volume"] / "outputs").rglob("*.png")))  # noqa: E731
     warm = httpx.post(contract_server["url"] + "/v1/tryon", json=GOOD, timeout=120)  # the model loaded

@@ -7,11 +7,14 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 VARIANTS = ("eager", "fuse_qkv", "channels_last", "all")
 
 
+@pytest.mark.slow
 def test_bench_runs_on_the_cpu_and_reports_every_measure(tmp_path):
     out, table_file = tmp_path / "results.json", tmp_path / "results.md"
     command = [sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu",

@@ -55,6 +55,7 @@ def bare_machine(tmp_path, monkeypatch, zig_temp):
 
 
 @needs_zig
+@pytest.mark.slow
 def test_with_no_compiler_triton_gets_the_runtimes_zig_and_it_builds_an_extension(bare_machine, tmp_path,
                                                                                   zig_temp):
     cc = c_compiler.provide()
@@ -83,6 +84,7 @@ def test_with_no_compiler_triton_gets_the_runtimes_zig_and_it_builds_an_extensio
 
 
 @needs_zig
+@pytest.mark.slow
 def test_the_wrapper_works_without_a_home_and_names_this_interpreter(bare_machine, tmp_path, zig_temp):
     cc = c_compiler.provide()
     script = Path(cc).read_text()

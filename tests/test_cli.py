@@ -27,6 +27,7 @@ def input_files(tmp_path, images):
     return paths
 
 
+@pytest.mark.slow
 def test_generate_writes_the_result_and_reports_timings(tiny_volume, input_files, tmp_path):
     out = tmp_path / "results" / "out.png"
     done = cli("generate", "--volume", tiny_volume, "--person", input_files["person"], "--garment",
@@ -53,6 +54,7 @@ def test_generate_rejects_unreadable_inputs_clearly(tiny_volume, input_files, tm
     assert missing.returncode == 2 and "person image not found" in missing.stderr
 
 
+@pytest.mark.slow
 def test_generate_rejects_bad_settings_and_arguments(tiny_volume, input_files, tmp_path):
     args = ["generate", "--volume", tiny_volume, "--person", input_files["person"], "--garment",
             input_files["garment"], "--mask", input_files["mask"]]
@@ -76,6 +78,7 @@ def test_generate_without_weights_says_what_is_missing(tmp_path, input_files):
     assert "6 model file(s) missing" in done.stderr and "hf download" in done.stderr
 
 
+@pytest.mark.slow
 def test_demo_without_weights_explains_and_runs_offline(tmp_path):
     done = cli("demo", "--volume", tmp_path, "--steps", 2)
     assert done.returncode == 0, done.stderr
@@ -84,6 +87,7 @@ def test_demo_without_weights_explains_and_runs_offline(tmp_path):
     assert (tmp_path / "tiny-models" / "zhengchong" / "CatVTON").is_dir()
 
 
+@pytest.mark.slow
 def test_tiny_models_command_writes_a_usable_volume(tmp_path):
     done = cli("tiny-models", tmp_path / "vol")
     assert done.returncode == 0, done.stderr

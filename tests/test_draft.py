@@ -44,6 +44,7 @@ def sidecar(volume, answer: dict) -> dict:
     return json.loads((volume / answer["output"]).with_suffix(".json").read_text())
 
 
+@pytest.mark.slow
 def test_a_rest_draft_is_the_pipeline_with_fewer_guided_steps_and_says_so(client, volume_copy, make_settings,
                                                                           images, request_body):
     draft = client.post("/v1/tryon", json={**request_body, "draft": True})

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app import early_ping
 from tests.launcher_kit import free_port
@@ -61,6 +62,7 @@ def test_a_port_taken_by_another_process_holds_nothing():
             again.bind(("127.0.0.1", free))
 
 
+@pytest.mark.slow
 def test_a_starting_server_never_refuses_a_ping_after_its_first_answer(tmp_path):
     port, health = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRYON_")}

@@ -139,6 +139,7 @@ def gpu_turns(service: TryOnService, images, arrivals: list[str]) -> list[str]:
     return order
 
 
+@pytest.mark.slow
 def test_one_script_with_twenty_try_ons_and_three_designers_take_turns(make_service, images, volume_copy):
     arrivals = ["user:script"] * 20 + ["user:ana", "user:ben", "user:cleo"]
     service = make_service(max_waiting_per_owner=20, queue_max=32)

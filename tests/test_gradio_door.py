@@ -160,6 +160,7 @@ def test_the_checks_alone_refuse_what_no_event_may_take(tmp_path):
         check_value(type(component).__name__, component, value, "field")
 
 
+@pytest.mark.slow
 def test_every_file_input_of_every_event_takes_only_the_callers_own_files(door, tmp_path):
     config = httpx.get(f"{door['url']}/config", auth=BOB, timeout=30).json()
     events = file_events(config)
@@ -222,6 +223,7 @@ def test_cached_files_are_served_only_to_their_owner(door, tmp_path):
                      timeout=10).status_code == 200
 
 
+@pytest.mark.slow
 def test_a_borrowed_session_hash_reaches_nothing_of_the_owners(door):
     config = httpx.get(f"{door['url']}/config", auth=ALICE, timeout=30).json()
     ids = {c.get("props", {}).get("elem_id"): c["id"] for c in config["components"]}
@@ -311,6 +313,7 @@ def test_values_are_checked_as_strictly_as_rest_with_the_apps_sentences(door, tm
             assert raw.get(closed).status_code == 404, closed
 
 
+@pytest.mark.slow
 def test_a_client_that_leaves_stops_its_run_and_nothing_is_saved(door):
     config = httpx.get(f"{door['url']}/config", headers=ROBOT, timeout=30).json()
     tryon = next(d for d in config["dependencies"] if d.get("api_name") == "tryon")
@@ -338,6 +341,7 @@ def test_a_client_that_leaves_stops_its_run_and_nothing_is_saved(door):
     assert sorted((door["volume"] / "outputs").rglob("*.png")) == before
 
 
+@pytest.mark.slow
 def test_one_callers_flood_gets_429_and_a_full_queue_says_when_to_come_back(tmp_path_factory):
     """One try-on each may wait or run (TRYON_MAX_WAITING_PER_OWNER=1): the robot's second is refused with
     429 at the door while other callers still get in; the queue of one (TRYON_QUEUE_MAX=1) then fills."""
@@ -388,6 +392,7 @@ def test_one_callers_flood_gets_429_and_a_full_queue_says_when_to_come_back(tmp_
                                                  "fn_index": tryon["id"]})
 
 
+@pytest.mark.slow
 def test_a_cut_out_garment_keeps_its_transparency_until_it_is_put_on_white(door, tmp_path):
     from gradio_client import Client, handle_file
 

@@ -263,6 +263,7 @@ def camera_like(size=(3000, 2000), seed=0) -> Image.Image:
     return Image.fromarray(np.clip(photo + rng.normal(0, 3, photo.shape), 0, 255).astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_a_larger_photo_is_edited_as_a_copy_and_the_original_runs_whichever_arrives_first():
     from app.editor import EDITOR_SIDE, is_copy_of, shown_copy, view_size
     from app.ui_run import Session

@@ -126,6 +126,7 @@ def _charge_units(folder, start, units: int, tries: int, queue):
 
 
 @pytest.mark.parametrize("units", [1, 3])
+@pytest.mark.slow
 def test_workers_charging_at_once_never_pass_the_limit(tmp_path, units):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -375,6 +376,7 @@ def test_a_second_worker_on_the_volume_sees_the_first_ones_count(volume):
         assert tryon(first, key).status_code == 200
 
 
+@pytest.mark.slow
 def test_the_studio_status_line_shows_the_owners_use(volume):
     from app.ui import status_text
 
@@ -448,6 +450,7 @@ def test_an_unknown_address_counts_per_account_only():
     assert limit.attempt("alice", "10.0.0.1", lambda: "alice") == "alice"  # a known address is its own pair
 
 
+@pytest.mark.slow
 def test_the_login_page_says_why_it_refuses(volume):
     settings = settings_for(volume, auth="alice:wonder", login_limit="2/h")
     with TestClient(create_app(settings, ui=False), follow_redirects=False) as client:
@@ -462,6 +465,7 @@ def test_the_login_page_says_why_it_refuses(volume):
         assert client.get("/v1/status", headers=basic("alice", "wonder")).status_code == 429  # HTTP Basic too
 
 
+@pytest.mark.slow
 def test_the_gradio_api_refuses_with_the_sentence_and_tells_keys_from_logins(tmp_path):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError

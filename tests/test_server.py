@@ -254,6 +254,7 @@ def test_a_cut_out_garment_reaches_the_model_on_white(volume, make_settings):
         assert recorded == image_digest(sent.convert("RGB"))  # the record names the pixels that ran
 
 
+@pytest.mark.slow
 def test_serving_imports_no_torch(tmp_path):
     import subprocess
     import sys

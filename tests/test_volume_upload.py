@@ -48,6 +48,7 @@ def run_just(recipe: str, **env: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(shutil.which("aws", path=str(BIN)) is None and shutil.which("aws") is None,
                     reason="needs the AWS CLI (pip install awscli; in the test extra)")
+@pytest.mark.slow
 def test_upload_syncs_models_app_and_assets_with_matching_sizes(s3, volume_copy):
     client, endpoint = s3
     (volume_copy / "models" / ".staging").mkdir()
