@@ -150,7 +150,10 @@ def run_and_wait(page, volume: Path, count: int = 1) -> list[dict]:
         page.wait_for_function("() => /Done|Not run|failed/.test(document.querySelector('#progress')?.innerText) "
                                "|| document.querySelector('.toast-body')", timeout=240_000)
     except Exception as error:  # say what the page and the server were doing, not only that time ran out
-        state = httpx.get(page.url.split("?")[0].rstrip("/") + "/v1/status", timeout=10).json()
+        try:
+            state = httpx.get(page.url.split("?")[0].rstrip("/") + "/v1/status", timeout=10).json()
+        except (httpx.HTTPError, ValueError) as gone:
+            state = {"queue": f"unknown ({gone})"}
         run = page.locator("#run")
         raise AssertionError(f"no end of the run in 240 s: progress {page.locator('#progress').inner_text()!r}, "
                              f"Run {run.inner_text()!r} (disabled: {run.is_disabled()}), server queue "

@@ -315,8 +315,10 @@ def test_results_pages_are_bounded(guarded):
     for query, fragment in (("per_page=0", "per_page"), ("per_page=101", "per_page"), ("page=0", "page")):
         response = guarded.get(f"/v1/results?{query}", headers=ALICE)
         assert response.status_code == 400 and fragment in response.json()["error"]["message"]
+    while guarded.get("/v1/results?per_page=1", headers=ALICE).json()["total"] < 2:  # alone, or first
+        tryon(guarded, ALICE)
     page = guarded.get("/v1/results?per_page=1&page=1", headers=ALICE).json()
-    assert page["per_page"] == 1 and page["next_page"] == 2 and page["pages"] == page["total"]
+    assert page["per_page"] == 1 and page["next_page"] == 2 and page["pages"] == page["total"] >= 2
 
 
 def test_settings_never_print_secrets(served_volume):
