@@ -232,9 +232,13 @@ make_python_archive() {
 # Every wheel the image's launcher/requirements.txt pins, for Linux x86_64 and CPython 3.11.
 make_wheelhouse() {
   local into=$1 req=$OUT/requirements-image.txt ctr
+  # Read from the image's filesystem (buildah mount), not through a process run in it: once, under load,
+  # `buildah run ... cat` gave empty output with success, and an empty list downloads no wheels.
   ctr=$(buildah from --pull=never "$IMAGE")
-  buildah run "$ctr" -- cat /opt/catvton/launcher/requirements.txt > "$req"
+  cp "$(buildah mount "$ctr")/opt/catvton/launcher/requirements.txt" "$req"
+  buildah umount "$ctr" >/dev/null
   buildah rm "$ctr" >/dev/null
+  grep -q '==' "$req" || die "the image's launcher/requirements.txt pins nothing ($req)"
   if ! cmp -s "$req" "$OUT/wheelhouse/.requirements" 2>/dev/null; then
     rm -rf "$OUT/wheelhouse"
     timed "wheelhouse" quietly "$OUT/wheelhouse.log" python3 -m pip download --quiet --no-deps --only-binary :all: \
