@@ -263,7 +263,7 @@ wait_or_lock() {
       last_report=$waited
       if lock_is_malformed "$LOCK"; then
         log "no runtime $KEY yet, and ${LOCK##*/} is a stray file, not a lock folder: it is removed once nothing has changed it for ${LOCK_STALE_S} s (${WATCH_QUIET} s so far)"
-      elif [ "$WATCH_QUIET" -ge 10 ]; then
+      elif [ "$WATCH_QUIET" -ge 5 ]; then  # a live builder beats at least every 5 s
         log "waiting for $(describe_owner "$LOCK") to build runtime $KEY: ${waited} s so far; its heartbeat has not moved for ${WATCH_QUIET} s, so it is taken over at ${LOCK_STALE_S} s"
       else
         log "waiting for $(describe_owner "$LOCK") to build runtime $KEY: ${waited} s so far; its heartbeat moved ${WATCH_QUIET} s ago"
@@ -323,6 +323,7 @@ build_runtime() {
   printf '%s\n' "$target" > "$target/venv/.tryon-runtime-root"
   relocate_runtime "$target" "$final"
   printf '%s\n' "$KEY" > "$target/venv/$STAMP_NAME"
+  heartbeat_now  # short steps between the long ones beat too: on a loaded machine they add up
   failpoint installed
   log "runtime built in $(since "$started") s"
 }

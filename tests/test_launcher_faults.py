@@ -496,3 +496,29 @@ def test_a_waiter_whose_clock_runs_fast_does_not_take_over_a_live_build(volume, 
     assert builder.finish()[0] == 0, builder.log
     assert waiter.returncode == 0, waiter.stderr
     assert "took over" not in waiter.stderr and "building runtime" not in waiter.stderr
+
+
+def test_a_waiter_never_counts_more_silence_than_passed(tmp_path):
+    """The stale limit is measured from when a waiter last saw the heartbeat move, to the hundredth: a
+    lock that was quiet 1.3 s is never judged quiet 2 s because the two readings straddle whole seconds."""
+    script = r'''
+set -e
+. "$1/launcher/lib/lock.sh"
+log() { :; }; host_name() { echo here; }
+KEY_DIR=$2 BUILD_ID=builder LOCK_STALE_S=2
+lock_init
+try_lock
+BUILD_ID=waiter
+# Look first just before a whole second turns, where whole-second readings go wrong.
+while read -r up _ < /proc/uptime; [[ ! "$up" =~ \.9[0-4]$ ]]; do sleep 0.005; done
+before=$(uptime_cs); watch_lock
+sleep 1.3
+watch_lock; after=$(uptime_cs)
+echo "$WATCH_QUIET $((after - before))"
+'''
+    done = subprocess.run(["bash", "-c", script, "bash", str(ENTRYPOINT.parents[1]), str(tmp_path / "key")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    quiet, elapsed_cs = map(int, done.stdout.split())
+    assert quiet * 100 <= elapsed_cs, (quiet, elapsed_cs)  # whole seconds of silence counted, at most those that passed
+    assert elapsed_cs >= 130 and quiet >= 1

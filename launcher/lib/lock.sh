@@ -13,12 +13,18 @@
 #
 # Needs from the caller: KEY_DIR, BUILD_ID, LOCK_STALE_S, log, host_name.
 
-# Seconds since boot: monotonic, unlike `date +%s`, so a clock step cannot make a live lock look stale.
-uptime_s() {
+# Hundredths of a second since boot: monotonic, unlike `date +%s`, so a clock step cannot make a live
+# lock look stale. Silence is measured in these, not in whole seconds: two whole-second readings
+# 1.01 s apart can differ by 2, and a waiter would then take over a lock that was quiet for half the limit.
+uptime_cs() {
   local up _
-  read -r up _ < /proc/uptime 2>/dev/null && { printf '%s' "${up%.*}"; return; }
-  date +%s
+  if read -r up _ < /proc/uptime 2>/dev/null && [[ "$up" =~ ^([0-9]+)\.([0-9]{2}) ]]; then
+    printf '%s' "$((10#${BASH_REMATCH[1]} * 100 + 10#${BASH_REMATCH[2]}))"
+    return
+  fi
+  printf '%s' "$(($(date +%s) * 100))"
 }
+uptime_s() { local cs; cs=$(uptime_cs); printf '%s' "$((cs / 100))"; }
 
 # shellcheck disable=SC2153  # BUILD_ID is set by the caller
 lock_init() {
@@ -145,17 +151,17 @@ release_lock() {
 
 # A waiter's view of the current lock, refreshed by watch_lock each poll:
 #   WATCH_TOKEN   the owner's token ("" when the owner file is not written yet)
-#   WATCH_QUIET   seconds (monotonic) since the owner's heartbeat last changed
+#   WATCH_QUIET   whole seconds (monotonic) since this waiter saw the owner's heartbeat last change
 WATCH_TOKEN="unset" WATCH_BEAT="" WATCH_CHANGED=0 WATCH_QUIET=0
 watch_lock() {
   local token beat now
   token=$(owner_field "$LOCK" token)
   beat=$(cat "$BUILDS/${token:-none}/heartbeat" 2>/dev/null || echo gone)
-  now=$(uptime_s)
+  now=$(uptime_cs)
   if [ "$token" != "$WATCH_TOKEN" ] || [ "$beat" != "$WATCH_BEAT" ]; then
     WATCH_TOKEN=$token WATCH_BEAT=$beat WATCH_CHANGED=$now
   fi
-  WATCH_QUIET=$((now - WATCH_CHANGED))
+  WATCH_QUIET=$(((now - WATCH_CHANGED) / 100))
 }
 
 # Take over the lock the waiter has watched go quiet: the dead build's lock and files go, nobody else's.
@@ -183,7 +189,7 @@ take_over_lock() {
 SEEN_BUILDS=""
 note_builds() {
   local folder beat
-  SEEN_BUILDS_AT=$(uptime_s)
+  SEEN_BUILDS_AT=$(uptime_cs)
   SEEN_BUILDS=""
   for folder in "$BUILDS"/*/; do
     [ -d "$folder" ] || continue
@@ -196,7 +202,7 @@ note_builds() {
 sweep_dead_builds() {
   local entry name beat
   [ -n "$SEEN_BUILDS" ] || return 0
-  [ $(($(uptime_s) - SEEN_BUILDS_AT)) -ge "$LOCK_STALE_S" ] || return 0
+  [ $(($(uptime_cs) - SEEN_BUILDS_AT)) -ge $((LOCK_STALE_S * 100)) ] || return 0
   for entry in $SEEN_BUILDS; do
     name=${entry%%=*} beat=${entry#*=}
     [ "$(cat "$BUILDS/$name/heartbeat" 2>/dev/null || echo gone)" = "$beat" ] || continue

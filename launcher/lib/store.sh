@@ -12,7 +12,7 @@
 # manifest that named them; a build that fails is moved aside and rebuilt, never left to fail everyone.
 #
 # Needs from the caller: KEY, KEY_DIR, KEY_MATERIAL, BUILD_ID, RUNTIME, LOCAL_DIR, STAMP_NAME, ARCHIVE_PARTS,
-# log, die, failpoint, beating, host_name, since, mib, and lib/archive.sh.
+# log, die, failpoint, beating, heartbeat_now, host_name, since, mib, and lib/archive.sh.
 
 store_init() {
   MANIFEST=$KEY_DIR/manifest
@@ -119,6 +119,7 @@ publish_build() {
     total=$((total + size))
   done < <(grep '^part-' "$parts_list")
   rm -f "$parts_list"
+  heartbeat_now
   failpoint archive-published
   # The fence: name nothing that is not whole on the volume, whatever happened while we were away.
   manifest_complete "$record" || { publish_failed "its parts on the volume do not match its record"; return 1; }
