@@ -149,7 +149,7 @@ def run_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from app.demo_images import example_garment, example_mask, example_person
+    from app.studio.demo_images import example_garment, example_mask, example_person
 
     settings = _tiny_fallback(args, settings)
     out = args.out or settings.layout.outputs / "demo.png"
@@ -163,11 +163,11 @@ def _tiny_fallback(args: argparse.Namespace, settings: Settings) -> Settings:
     On tiny models the defaults shrink to a small picture and fewer steps unless given explicitly:
     seconds on a CPU rather than minutes.
     """
-    from app.weights import missing_files, missing_weights_message
+    from app.model.weights import missing_files, missing_weights_message
 
     missing = [] if settings.tiny_models else missing_files(settings, with_safety=settings.safety)
     if missing and settings.downloads_allowed:
-        from app.weights import DownloadError, download
+        from app.model.weights import DownloadError, download
 
         print(f"model files missing: fetching them into {settings.models_dir} (about 2.2 GB) ...", file=sys.stderr)
         try:
@@ -191,28 +191,28 @@ def _tiny_fallback(args: argparse.Namespace, settings: Settings) -> Settings:
 
 
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from app.early_ping import hold
+    from app.web.early_ping import hold
 
     port = args.port or port_from_env("PORT", 7860)
     health_port = port_from_env("PORT_HEALTH", None)
     # /ping answers from now on, through the imports below, on the sockets the server then takes over.
     early = hold(settings.host, [port] + ([health_port] if health_port else []))
-    from app.engine import Engine
+    from app.model.engine import Engine
 
     if args.tiny_if_missing:
         settings = _tiny_fallback(args, settings)
     # With preload, the model's weights are read and torch imported while the web stack imports below.
     engine = Engine(settings)
     engine.start()
-    from app.server import serve
+    from app.web.server import serve
 
     serve(settings, settings.host, port, share=args.share, health_port=health_port, engine=engine, early=early)
     return 0
 
 
 def run_warm(args: argparse.Namespace, settings: Settings) -> int:
-    from app.engine import Engine, resolve_device
     from app.errors import ModelLoadError
+    from app.model.engine import Engine, resolve_device
 
     if settings.compile == "off":
         raise CliError("TRYON_COMPILE=off: nothing to compile. Unset it (auto compiles on CUDA) or set it to on.")
@@ -239,7 +239,7 @@ def run_warm(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_download(args: argparse.Namespace, settings: Settings) -> int:
-    from app.weights import DownloadError, download
+    from app.model.weights import DownloadError, download
 
     print(f"downloading into {settings.layout.models} ...", file=sys.stderr)
     try:
@@ -261,7 +261,7 @@ def run_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_tiny_models(args: argparse.Namespace, settings: Settings) -> int:
-    from app.tiny_models import write_tiny_models
+    from app.model.tiny_models import write_tiny_models
 
     started = time.perf_counter()
     write_tiny_models(args.dir / "models", settings, seed=args.seed)
@@ -290,8 +290,8 @@ def run_settings(args: argparse.Namespace, settings: Settings) -> int:
 # -- helpers --------------------------------------------------------------------------------------
 
 def _generate(settings: Settings, person: Image.Image, garment: Image.Image, mask: Image.Image, out: Path) -> int:
-    from app.engine import Engine
     from app.errors import ModelLoadError, TryOnInputError
+    from app.model.engine import Engine
 
     # One image: a warm-up or a compile would cost more than they save, unless asked for explicitly.
     one_shot = {name: "off" for name in ("warmup", "compile") if f"TRYON_{name.upper()}" not in os.environ}
@@ -310,7 +310,7 @@ def _generate(settings: Settings, person: Image.Image, garment: Image.Image, mas
         raise CliError(str(exc), EXIT_MISSING) from exc
     except TryOnInputError as exc:
         raise CliError(str(exc)) from exc
-    from app.outputs import write_atomically
+    from app.files import write_atomically
 
     out.parent.mkdir(parents=True, exist_ok=True)
     image_format = Image.registered_extensions()[out.suffix.lower()]
@@ -332,7 +332,7 @@ def _progress(step: int, total: int) -> None:
 def _open_image(path: Path, role: str) -> Image.Image:
     """The same intake as the server's: size limits, EXIF orientation, a clear error."""
     from app.errors import TryOnInputError
-    from app.imaging import decode_image
+    from app.images.imaging import decode_image
 
     try:
         return decode_image(path.read_bytes(), role)

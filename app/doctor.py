@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app import c_compiler
 from app.config import Settings
-from app.weights import MANIFEST, ModelFile, required_files, safety_files
+from app.model import c_compiler
+from app.model.weights import MANIFEST, ModelFile, required_files, safety_files
 
 MIN_FREE_GB = 5.0
 ADAPTER_KEY = re.compile(r"^(\d+)\.(to_q\.weight|to_k\.weight|to_v\.weight|to_out\.0\.weight|to_out\.0\.bias)$")

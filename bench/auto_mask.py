@@ -3,7 +3,7 @@
 Usage: python bench/auto_mask.py [--runs 5] [--image assets/examples/person-1.png]
 
 Builds a SegFormer-B2 clothes parser from its config (18 ATR labels, 512x512 input) with random
-weights in a temp folder, loads it through app.masking.HumanParser as production does, and times
+weights in a temp folder, loads it through app.images.masking.HumanParser as production does, and times
 parse + rules for the example image. Weight values do not change the timing.
 """
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from app.masking import ATR_LABELS, HumanParser  # noqa: E402
+from app.images.masking import ATR_LABELS, HumanParser  # noqa: E402
 
 B2 = {"depths": [3, 4, 6, 3], "hidden_sizes": [64, 128, 320, 512], "num_attention_heads": [1, 2, 5, 8],
       "decoder_hidden_size": 768}

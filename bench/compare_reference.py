@@ -1,4 +1,4 @@
-"""Compare app.pipeline with the reference CatVTON implementation on shared tiny random weights.
+"""Compare app.model.pipeline with the reference CatVTON implementation on shared tiny random weights.
 
 Usage: python bench/compare_reference.py --reference PATH/TO/CatVTON-checkout [--steps 6]
 
@@ -22,8 +22,8 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.pipeline import CatVTONPipeline  # noqa: E402
-from app.tiny_models import write_tiny_models  # noqa: E402
+from app.model.pipeline import CatVTONPipeline  # noqa: E402
+from app.model.tiny_models import write_tiny_models  # noqa: E402
 from bench.reference import load_reference  # noqa: E402
 
 

@@ -18,8 +18,8 @@ import torch  # noqa: E402
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 
 from app.config import Settings  # noqa: E402
-from app.pipeline import adapter_state_keys  # noqa: E402
-from app.weights import required_files  # noqa: E402
+from app.model.pipeline import adapter_state_keys  # noqa: E402
+from app.model.weights import required_files  # noqa: E402
 
 
 def main() -> None:

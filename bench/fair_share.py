@@ -20,11 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.config import Settings  # noqa: E402
-from app.demo_images import example_garment, example_mask, example_person  # noqa: E402
-from app.engine import Engine  # noqa: E402
-from app.fair_queue import FairGate  # noqa: E402
-from app.outputs import ResultStore  # noqa: E402
-from app.service import TryOnOptions, TryOnService  # noqa: E402
+from app.model.engine import Engine  # noqa: E402
+from app.studio.demo_images import example_garment, example_mask, example_person  # noqa: E402
+from app.tryons.fair_queue import FairGate  # noqa: E402
+from app.tryons.outputs import ResultStore  # noqa: E402
+from app.tryons.service import TryOnOptions, TryOnService  # noqa: E402
 
 
 def scenario(service: TryOnService, script: int, others: int, options: TryOnOptions) -> dict:

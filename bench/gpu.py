@@ -81,7 +81,7 @@ SD_SAFETY_CHECKER = {"projection_dim": 768,
 # About the spread of trained attention weights; the tiny set's 0.3 would saturate full-size softmaxes.
 FULL_ADAPTER_STD = 0.02
 
-# Variant -> the speed-ups it turns on over eager; "all" is app.accel.plan's default for the device.
+# Variant -> the speed-ups it turns on over eager; "all" is app.model.accel.plan's default for the device.
 SINGLE_SPEEDUPS = {"eager": {}, "fuse_qkv": {"fuse_qkv": True}, "channels_last": {"channels_last": True},
                    "cudnn_benchmark": {"cudnn_benchmark": True}, "compile": {"compile": True},
                    "compile_tuned": {"compile": True, "compile_tuning": True}}
@@ -176,8 +176,8 @@ class Bench:
         import torch
 
         from app.config import Settings
-        from app.demo_images import example_garment, example_mask, example_person
-        from app.engine import resolve_device, resolve_dtype
+        from app.model.engine import resolve_device, resolve_dtype
+        from app.studio.demo_images import example_garment, example_mask, example_person
 
         self.args = args
         self.device = resolve_device(args.device)
@@ -233,7 +233,7 @@ class Bench:
 
         torch.backends.cudnn.benchmark = False
         if self.is_cuda:
-            torch.backends.cuda.matmul.allow_tf32 = True  # as app.engine sets it; bf16 ignores it
+            torch.backends.cuda.matmul.allow_tf32 = True  # as app.model.engine sets it; bf16 ignores it
 
     def fresh_inductor_cache(self, name: str) -> Path:
         """Point Inductor (and Triton under it) at an empty folder and drop its in-memory caches."""
@@ -250,7 +250,7 @@ class Bench:
         return folder
 
     def load(self, dtype=None):
-        from app.pipeline import CatVTONPipeline
+        from app.model.pipeline import CatVTONPipeline
 
         paths = self.paths
         return CatVTONPipeline.from_pretrained(paths.base, paths.vae, paths.adapter, device=self.device,
@@ -262,7 +262,7 @@ class Bench:
         return pipe(self.person, self.garment, self.mask, **kwargs)
 
     def guided_shapes(self, pipe) -> list[tuple[int, ...]]:
-        from app import accel
+        from app.model import accel
 
         shapes = accel.warm_shapes(pipe, self.settings)
         return shapes if self.args.compile_unguided else shapes[:1]
@@ -296,8 +296,8 @@ def write_models(bench: Bench) -> dict:
     """Random-weight models in the volume layout (or those already there)."""
     import torch
 
-    from app.tiny_models import write_tiny_models
-    from app.weights import missing_files, model_paths
+    from app.model.tiny_models import write_tiny_models
+    from app.model.weights import missing_files, model_paths
 
     settings = bench.settings
     bench.paths = model_paths(settings)
@@ -361,7 +361,7 @@ def run_variant(bench: Bench, name: str) -> tuple[dict, object]:
     """Load a fresh pipeline, apply the variant's speed-ups (and compile), time it; returns its image too."""
     import torch
 
-    from app import accel
+    from app.model import accel
 
     bench.reset_backend()
     base = accel.SpeedPlan(compile=False, compile_mode=bench.settings.compile_mode, fuse_qkv=False,
@@ -430,7 +430,7 @@ def count_flops(bench: Bench, pipe) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from app.pipeline import SkipCrossAttention
+    from app.model.pipeline import SkipCrossAttention
 
     shape = pipe.unet_input_shape(bench.width, bench.height, guided=bench.args.guidance > 1.0)
 
@@ -518,10 +518,10 @@ def run_parity(bench: Bench) -> dict:
 
 
 def run_safety(bench: Bench) -> dict:
-    """The safety checker's cost per result (app.safety, as the engine loads it with TRYON_SAFETY): random
+    """The safety checker's cost per result (app.model.safety, as the engine loads it with TRYON_SAFETY): random
     weights at the checker's real size or the tiny kit's, checking an image of the try-on's size."""
-    from app.safety import SafetyChecker
-    from app.tiny_models import write_safety_checker
+    from app.model.safety import SafetyChecker
+    from app.model.tiny_models import write_safety_checker
 
     full = bench.args.safety_size == "full" or (bench.args.safety_size == "auto" and not bench.tiny)
     folder = bench.scratch / "safety"
@@ -548,7 +548,7 @@ def run_safety(bench: Bench) -> dict:
 
 def limit_compile_shapes() -> None:
     """Make the engine compile the guided shape only, as the variants do (a bench budget, see --compile-unguided)."""
-    from app import accel
+    from app.model import accel
 
     every_shape = accel.warm_shapes
     accel.warm_shapes = lambda pipe, settings: every_shape(pipe, settings)[:1]
@@ -559,7 +559,7 @@ def run_first_request(bench: Bench) -> tuple[dict, dict | None]:
     first three try-ons; and draft mode on the same pipeline."""
     import torch
 
-    from app.engine import Engine
+    from app.model.engine import Engine
 
     bench.reset_backend()
     if not bench.args.compile_unguided:
@@ -662,8 +662,8 @@ def cold_child(payload: str) -> None:
 
     lap("import_diffusers_s")
     from app.config import Settings
-    from app.demo_images import example_garment, example_mask, example_person
-    from app.engine import Engine
+    from app.model.engine import Engine
+    from app.studio.demo_images import example_garment, example_mask, example_person
 
     lap("import_app_s")
     request = json.loads(payload)
@@ -705,7 +705,7 @@ def _rounded(timings: dict) -> dict:
 
 
 def _dtype_label(dtype) -> str:
-    from app.pipeline import dtype_name
+    from app.model.pipeline import dtype_name
 
     return dtype_name(dtype)
 
@@ -778,7 +778,7 @@ def markdown(results: dict) -> str:
             continue
         ratio = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731
         label = name
-        if name == "all":  # what app.accel.plan turns on for this device
+        if name == "all":  # what app.model.accel.plan turns on for this device
             label += " (" + (", ".join(k for k in SPEEDUP_FLAGS if r["plan"][k]) or "none") + ")"
         lines.append(f"| {label} | {r['seconds_per_image']:.3f} | {ratio(r.get('speedup_vs_eager'))} | "
                      f"{ratio(r.get('speedup_vs_reference'))} | {_num(r.get('peak_allocated_gb'))} | "

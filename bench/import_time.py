@@ -3,7 +3,7 @@
 Usage: python bench/import_time.py [--runs 7]
 
 Each case runs in a new interpreter (median of --runs); it also reports whether torch got imported.
-"serving deps" is what app.server will import before the model loads: fastapi, gradio and the
+"serving deps" is what app.web.server will import before the model loads: fastapi, gradio and the
 torch-free app modules.
 """
 
@@ -17,9 +17,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {
-    "app.config + app.engine": "import app.config, app.engine",
-    "serving deps (fastapi, gradio, app.engine, app.weights)": "import fastapi, gradio, app.engine, app.weights",
-    "app.pipeline (torch + diffusers), for scale": "import app.pipeline",
+    "app.config + app.model.engine": "import app.config, app.model.engine",
+    "serving deps (fastapi, gradio, app.model.engine, app.model.weights)":
+        "import fastapi, gradio, app.model.engine, app.model.weights",
+    "app.model.pipeline (torch + diffusers), for scale": "import app.model.pipeline",
 }
 PROBE = ("import sys, time; t = time.perf_counter(); {code}; "
          "print(time.perf_counter() - t, 'torch' in sys.modules)")

@@ -23,7 +23,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.demo_images import example_garment, example_mask, example_person  # noqa: E402
+from app.studio.demo_images import example_garment, example_mask, example_person  # noqa: E402
 from tests.test_e2e import launch_server  # noqa: E402
 
 

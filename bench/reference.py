@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from app.weights import UNET_WEIGHTS, ModelPaths
+from app.model.weights import UNET_WEIGHTS, ModelPaths
 
 
 def check_checkout(reference: Path) -> None:

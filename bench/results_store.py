@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.outputs import ResultStore  # noqa: E402
+from app.tryons.outputs import ResultStore  # noqa: E402
 
 PAGE = 12
 TRACED = "openat,open,stat,lstat,newfstatat,statx,getdents64,readlink"

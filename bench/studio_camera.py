@@ -42,7 +42,7 @@ def camera_photo(size: tuple[int, int], folder: Path) -> Path:
 
 
 def one_run(page, photo: Path) -> dict:
-    from app.editor import view_size
+    from app.studio.editor import view_size
 
     with Image.open(photo) as image:
         width = view_size(image.size)[0]  # a larger photo is shown as a copy
@@ -74,7 +74,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from app.config import Settings
-    from app.tiny_models import ensure_tiny_models
+    from app.model.tiny_models import ensure_tiny_models
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.config import Settings  # noqa: E402
-from app.demo_images import example_garment, example_mask, example_person  # noqa: E402
-from app.engine import Engine  # noqa: E402
+from app.model.engine import Engine  # noqa: E402
+from app.studio.demo_images import example_garment, example_mask, example_person  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Triton's own C build with the compiler app.c_compiler provides: the check that the runtime's zig
+"""Triton's own C build with the compiler app.model.c_compiler provides: the check that the runtime's zig
 builds what torch.compile needs on the GPU, runnable without a GPU.
 
 Usage, in a venv with triton and ziglang (triton installs without a GPU), from the repository root:
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from app import c_compiler  # noqa: E402
+from app.model import c_compiler  # noqa: E402
 
 EXTENSION = """
 #define PY_SSIZE_T_CLEAN

@@ -511,7 +511,7 @@ main() {
   trap - EXIT TERM INT
   log "starting the app from the $APP_ORIGIN copy after $(since "$started") s in the launcher"
   cd "$LOCAL_DIR"
-  # TRYON_RUNTIME_KEY names the compile cache on the volume (app/compile_cache.py): compiled kernels fit one runtime.
+  # TRYON_RUNTIME_KEY names the compile cache on the volume (app/model/compile_cache.py): compiled kernels fit one runtime.
   export PYTHONPATH="$APP_PATH${PYTHONPATH:+:$PYTHONPATH}" TRYON_VOLUME="$VOLUME" HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TRYON_RUNTIME_KEY="$KEY"
   exec "$RUNTIME/venv/bin/python" -m app "${APP_ARGS[@]}"
 }

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from app.config import Settings
-from app.demo_images import example_garment, example_mask, example_person
+from app.studio.demo_images import example_garment, example_mask, example_person
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest_plugins = ["tests.launcher_kit",  # the launcher tests' fixtures (volume, requirements)
@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_volume(tmp_path_factory) -> Path:
     """A volume whose models/ holds the tiny set in the real layout (read-only use: copy to modify)."""
-    from app.tiny_models import write_tiny_models
+    from app.model.tiny_models import write_tiny_models
 
     volume = tmp_path_factory.mktemp("volume")
     write_tiny_models(volume / "models")
@@ -50,7 +50,7 @@ def volume_copy(tiny_volume, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_paths(tiny_volume):
-    from app.weights import model_paths
+    from app.model.weights import model_paths
 
     return model_paths(Settings.from_env({}, volume=str(tiny_volume)))
 
@@ -59,7 +59,7 @@ def tiny_paths(tiny_volume):
 def pipe(tiny_paths):
     import torch
 
-    from app.pipeline import CatVTONPipeline
+    from app.model.pipeline import CatVTONPipeline
 
     return CatVTONPipeline.from_pretrained(tiny_paths.base, tiny_paths.vae, tiny_paths.adapter, device="cpu",
                                            dtype=torch.float32)

@@ -30,7 +30,7 @@ SCREENSHOTS = os.environ.get("STUDIO_SCREENSHOTS")  # a folder: refresh docs/ sc
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     from app.config import Settings
-    from app.tiny_models import ensure_tiny_models
+    from app.model.tiny_models import ensure_tiny_models
 
     volume = tmp_path_factory.mktemp("studio-volume")
     ensure_tiny_models(Settings.from_env({}, volume=str(volume), tiny_models=True))  # the tests read its parser
@@ -51,7 +51,7 @@ def page(browser, studio):
 @pytest.fixture(scope="module")
 def auto_reference(studio):
     """The parser's mask for person-1 and 'upper', computed here with the same tiny parser."""
-    from app.masking import HumanParser
+    from app.images.masking import HumanParser
 
     settings_parser = studio["volume"] / "tiny-models" / "mattmdjaga" / "segformer_b2_clothes"
     parser = HumanParser(settings_parser)
@@ -171,7 +171,7 @@ def run_and_wait(page, volume: Path, count: int = 1) -> list[dict]:
 def shown_mask(page, size: tuple[int, int]) -> np.ndarray:
     """The mask the editor shows now: the painted pixels of its layers (read from the page itself) in
     photo coordinates, white where painted."""
-    from app.editor import painted_mask
+    from app.studio.editor import painted_mask
 
     urls = page.evaluate("""async () => {
       const blobs = await window.editor.get_blobs();

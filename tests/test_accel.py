@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from app import accel
 from app.config import Settings
-from app.engine import READY, Engine
 from app.errors import TryOnInputError
-from app.pipeline import CatVTONPipeline
+from app.model import accel
+from app.model.engine import READY, Engine
+from app.model.pipeline import CatVTONPipeline
 
 SIZE = {"width": 96, "height": 128}
 
@@ -102,8 +102,8 @@ def test_engine_warms_up_before_it_reports_ready(tiny_volume, make_settings, ima
 
 
 def test_preload_reads_the_weights_ahead_and_starts_once(tiny_volume, make_settings):
-    from app.engine import read_ahead
-    from app.weights import model_paths
+    from app.model.engine import read_ahead
+    from app.model.weights import model_paths
 
     settings = make_settings(tiny_volume, preload=True)
     paths = model_paths(settings)

@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.access import LOGIN_DAYS, Access, load_secret, parse_pairs
 from app.config import SettingError
-from app.server import create_app
+from app.identity.access import LOGIN_DAYS, Access, load_secret, parse_pairs
+from app.web.server import create_app
 
 FAST = {"steps": 1, "width": 64, "height": 96}
 USERS = "alice:wonder,bob:builder"
@@ -254,7 +254,7 @@ def test_a_result_is_reused_by_id_by_its_owner_only(guarded):
     again = tryon(guarded, ALICE, person={"result": first["id"]}, mask="auto", keep_photo=False)
     sidecar = guarded.get(f"/v1/results/{again['id']}", headers=ALICE).json()
     with Image.open(guarded.app.state.settings.layout.root / first["output"]) as image:
-        from app.outputs import image_digest
+        from app.tryons.outputs import image_digest
 
         assert sidecar["inputs"]["person"] == image_digest(image.convert("RGB"))
     stolen = guarded.post("/v1/tryon", headers=BOB, json={"person": {"result": first["id"]}, "garment":

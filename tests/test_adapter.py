@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from app.pipeline import AdapterError, CatVTONPipeline
+from app.model.pipeline import AdapterError, CatVTONPipeline
 
 
 def load(paths, adapter=None):

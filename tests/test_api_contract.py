@@ -231,7 +231,7 @@ def test_retry_after_follows_the_generation_not_the_first_load(tmp_path, make_se
 
     from fastapi.testclient import TestClient
 
-    from app.server import create_app
+    from app.web.server import create_app
 
     volume = tmp_path / "volume"
     shutil.copytree(tiny_volume, volume)
@@ -264,7 +264,7 @@ def test_chunked_body_over_the_limit_is_refused_while_streaming(contract_server)
 def test_an_unexpected_error_is_one_500_in_the_error_shape_logged_once(tmp_path, make_settings, caplog):
     from fastapi.testclient import TestClient
 
-    from app.server import create_app
+    from app.web.server import create_app
 
     app = create_app(make_settings(tmp_path), ui=False)
 
@@ -287,7 +287,7 @@ def test_a_run_past_the_time_limit_is_stopped_and_answered_504(tmp_path, make_se
 
     from fastapi.testclient import TestClient
 
-    from app.server import create_app
+    from app.web.server import create_app
 
     volume = tmp_path / "volume"
     shutil.copytree(tiny_volume, volume)

@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageOps
 from test_server import FAST, assert_error, b64, outputs
 
-from app.engine import Engine
 from app.errors import GenerationCancelled, TryOnInputError
-from app.outputs import ResultStore
-from app.server import create_app
-from app.service import BatchItem, BusyError, TryOnOptions, TryOnService
+from app.model.engine import Engine
+from app.tryons.outputs import ResultStore
+from app.tryons.service import BatchItem, BusyError, TryOnOptions, TryOnService
+from app.web.server import create_app
 
 
 def saved_pngs(volume) -> list[str]:

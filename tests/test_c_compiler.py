@@ -1,4 +1,4 @@
-"""app.c_compiler: with no compiler on the machine (as in the launcher image), Triton is pointed at the
+"""app.model.c_compiler: with no compiler on the machine (as in the launcher image), Triton is pointed at the
 runtime's zig, which builds a CPython extension the way Triton builds its CUDA helper module."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from app import accel, c_compiler
 from app.config import Settings
 from app.errors import ModelLoadError
+from app.model import accel, c_compiler
 
 needs_zig = pytest.mark.skipif(not c_compiler.zig_available(), reason="the ziglang wheel is for Linux x86_64/aarch64")
 

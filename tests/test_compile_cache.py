@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from app.compile_cache import CompileCache, cache_folder, runtime_key, sweep_stale_temps
 from app.config import Settings
+from app.model.compile_cache import CompileCache, cache_folder, runtime_key, sweep_stale_temps
 from tests.conftest import ROOT
 
 # One process of the app: load with compile on, report the compile state at ready, try on, wait for the
@@ -21,8 +21,8 @@ import json, logging, sys, numpy as np
 logging.basicConfig(level="INFO")
 from torch._dynamo.utils import counters
 from app.config import Settings
-from app.demo_images import example_garment, example_mask, example_person
-from app.engine import Engine
+from app.studio.demo_images import example_garment, example_mask, example_person
+from app.model.engine import Engine
 
 settings = Settings.from_env()
 engine = Engine(settings)

@@ -10,7 +10,7 @@ import pytest
 from local_hub import LocalHub
 
 from app.config import Settings
-from app.weights import DownloadError, download, required_files
+from app.model.weights import DownloadError, download, required_files
 
 
 def hub_with_model_files(tiny_volume: Path, settings: Settings, extra: bool = True) -> LocalHub:

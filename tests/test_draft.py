@@ -11,11 +11,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from test_server import assert_error, b64, outputs
 
-from app.engine import Engine
 from app.errors import TryOnInputError
-from app.server import create_app
-from app.service import BatchItem, TryOnOptions
-from app.ui_gallery import caption, form_values, seed_caption, summary
+from app.model.engine import Engine
+from app.studio.gallery import caption, form_values, seed_caption, summary
+from app.tryons.service import BatchItem, TryOnOptions
+from app.web.server import create_app
 
 SEED = 7
 DRAFT_STEPS = 20  # TRYON_DRAFT_STEPS' default
@@ -56,8 +56,8 @@ def test_a_rest_draft_is_the_pipeline_with_fewer_guided_steps_and_says_so(client
     assert (full.json()["draft"], full.json()["steps_run"], full.json()["guidance_steps"]) == (False, 50, None)
 
     # The same call made directly, on a pipeline loaded as the engine loads it, on the region the model saw.
-    from app.imaging import crop_padded
-    from app.service import mask_region
+    from app.images.imaging import crop_padded
+    from app.tryons.service import mask_region
 
     region = mask_region(images["person"].size, images["mask"], (64, 96))
     assert sidecar(volume_copy, answer)["region"] == list(region)

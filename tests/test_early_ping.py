@@ -1,5 +1,5 @@
 """/ping answers from the first moment of ``serve``: between the launcher's responder and the app, the
-port never refuses a connection (app.early_ping holds the sockets the server then takes over)."""
+port never refuses a connection (app.web.early_ping holds the sockets the server then takes over)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app import early_ping
+from app.web import early_ping
 from tests.launcher_kit import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from app.engine import FAILED, READY, UNLOADED, Engine
 from app.errors import ModelLoadError
+from app.model.engine import FAILED, READY, UNLOADED, Engine
 
 
 def wait_for(predicate, timeout=20.0):

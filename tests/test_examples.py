@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app import demo_images, examples
 from app.config import VolumeLayout
-from app.examples import ExampleImage, example_garments, example_people
+from app.studio import demo_images, examples
+from app.studio.examples import ExampleImage, example_garments, example_people
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets" / "examples"
@@ -38,12 +38,12 @@ BUILTIN_GARMENTS = [
 def test_committed_files_are_what_the_drawings_make():
     rendered = demo_images.render_examples()
     committed = {p.name for p in ASSETS.iterdir() if p.name != "README.md"}
-    assert set(rendered) == committed, "assets/examples and app/demo_images.py list different files"
+    assert set(rendered) == committed, "assets/examples and app/studio/demo_images.py list different files"
     for name, data in rendered.items():
         if name.endswith(".png"):  # pixels first: a clearer failure than differing bytes
             assert Image.open(io.BytesIO(data)).tobytes() == Image.open(ASSETS / name).tobytes(), (
-                f"{name} differs from its drawing; run `python -m app.demo_images assets/examples`")
-        assert data == (ASSETS / name).read_bytes(), f"{name}: run `python -m app.demo_images assets/examples`"
+                f"{name} differs from its drawing; run `python -m app.studio.demo_images assets/examples`")
+        assert data == (ASSETS / name).read_bytes(), f"{name}: run `python -m app.studio.demo_images assets/examples`"
 
 
 def test_first_example_stays_the_one_tests_and_docs_use():
@@ -53,7 +53,7 @@ def test_first_example_stays_the_one_tests_and_docs_use():
 
 
 def test_regenerate_command_writes_every_file(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "app.demo_images", str(tmp_path / "examples")], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "app.studio.demo_images", str(tmp_path / "examples")], cwd=ROOT,
                          capture_output=True, text=True, check=True)
     written = sorted(p.name for p in (tmp_path / "examples").iterdir())
     assert written == sorted(demo_images.render_examples())
@@ -134,7 +134,7 @@ def test_an_unreadable_entry_is_skipped_with_a_warning(tmp_path, caplog):
     _touch(person / "b.png")
     (person / "a.png").symlink_to(tmp_path / "gone.png")  # dangling: stat fails
     _touch(tmp_path / "examples" / "garment")  # a file where the folder should be
-    with caplog.at_level(logging.WARNING, logger="app.examples"):
+    with caplog.at_level(logging.WARNING, logger="app.studio.examples"):
         people = example_people(tmp_path)
         garments = example_garments(tmp_path)
     assert [e.path for e in people[len(BUILTIN_PEOPLE):]] == [person / "b.png"]
@@ -155,7 +155,7 @@ def test_a_huge_folder_is_capped(tmp_path, caplog):
     person = tmp_path / "examples" / "person"
     for i in range(60):
         _touch(person / f"p{i:02d}.png")
-    with caplog.at_level(logging.WARNING, logger="app.examples"):
+    with caplog.at_level(logging.WARNING, logger="app.studio.examples"):
         people = example_people(tmp_path)
     assert len(people) == examples.MAX_EXAMPLES
     assert people[len(BUILTIN_PEOPLE)].label == "p00"
@@ -168,7 +168,7 @@ def test_broken_catalogue_leaves_the_user_examples(tmp_path, monkeypatch, caplog
     _touch(builtins / "catalogue.json", b"{not json")
     _touch(tmp_path / "volume" / "examples" / "person" / "mine.png")
     monkeypatch.setattr(examples, "BUILTIN_DIR", builtins)
-    with caplog.at_level(logging.WARNING, logger="app.examples"):
+    with caplog.at_level(logging.WARNING, logger="app.studio.examples"):
         people = example_people(tmp_path / "volume")
     assert people == [ExampleImage(tmp_path / "volume" / "examples" / "person" / "mine.png", "mine", None)]
     assert "catalogue.json" in caplog.text
@@ -187,7 +187,7 @@ def test_catalogue_entries_are_checked(tmp_path, monkeypatch, entry, expected):
 
 
 def test_examples_module_stays_light():
-    code = ("import sys, app.examples; "
+    code = ("import sys, app.studio.examples; "
             "print(sorted(m for m in ('torch', 'gradio', 'diffusers', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

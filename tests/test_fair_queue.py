@@ -10,12 +10,12 @@ from fastapi.testclient import TestClient
 from test_batch import fast_options
 from test_server import FAST, assert_error, outputs
 
-from app.engine import Engine
 from app.errors import BusyError, TryOnInputError
-from app.fair_queue import FairGate
-from app.outputs import ResultStore
-from app.server import create_app
-from app.service import BatchItem, TryOnService
+from app.model.engine import Engine
+from app.tryons.fair_queue import FairGate
+from app.tryons.outputs import ResultStore
+from app.tryons.service import BatchItem, TryOnService
+from app.web.server import create_app
 
 
 def wait_until(condition, timeout: float = 60.0) -> None:
@@ -254,7 +254,7 @@ def test_rest_callers_get_429_for_their_own_flood_while_others_are_served(volume
 
 
 def test_the_studio_says_how_many_try_ons_run_before_yours(make_service, images):
-    from app.ui_run import StepClock, describe
+    from app.studio.runs import StepClock, describe
 
     service = make_service()
     service.engine.get()
@@ -311,8 +311,8 @@ def test_new_parties_cannot_jump_ahead_of_callers_already_waiting():
 
 
 def test_the_callers_address_is_the_one_our_proxies_saw_and_loopback_counts_by_cookie():
-    from app.access import party_of, usable_address
-    from app.guard import client_address
+    from app.identity.access import party_of, usable_address
+    from app.web.guard import client_address
 
     scope = {"client": ("10.0.0.9", 4000)}  # the proxy's connection
     spoofed = {"x-forwarded-for": "198.51.100.66, 203.0.113.7"}  # the client wrote the first, our proxy the last

@@ -129,7 +129,7 @@ class PingWatch:
 def test_the_checks_alone_refuse_what_no_event_may_take(tmp_path):
     import gradio as gr
 
-    from app.gradio_checks import FileLedger, Limits, Refused, check_file, check_value
+    from app.web.gradio_checks import FileLedger, Limits, Refused, check_file, check_value
 
     ledger, limits = FileLedger(), Limits(max_upload_bytes=1000, max_pixels=100)
     small, big, text = tmp_path / "small.png", tmp_path / "big.png", tmp_path / "text.png"
@@ -396,8 +396,8 @@ def test_one_callers_flood_gets_429_and_a_full_queue_says_when_to_come_back(tmp_
 def test_a_cut_out_garment_keeps_its_transparency_until_it_is_put_on_white(door, tmp_path):
     from gradio_client import Client, handle_file
 
-    from app.imaging import flatten
-    from app.outputs import image_digest
+    from app.images.imaging import flatten
+    from app.tryons.outputs import image_digest
     from tests.test_server import cut_out
 
     garment = tmp_path / "cut-out.png"

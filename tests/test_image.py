@@ -53,8 +53,8 @@ def test_the_health_responder_the_launcher_uses_is_in_the_image():
 
 
 def test_the_c_compiler_comes_with_the_runtime_not_the_image():
-    # Triton builds a small C extension at run time (app.c_compiler points it at the runtime's zig);
-    # app.accel serves eager without one. gcc and libc headers were 60 MB of every pull.
+    # Triton builds a small C extension at run time (app.model.c_compiler points it at the runtime's zig);
+    # app.model.accel serves eager without one. gcc and libc headers were 60 MB of every pull.
     [apt_line] = re.findall(r"apt-get install[^\n]*", DOCKERFILE)
     assert not re.search(r"\b(gcc|clang|libc6-dev|build-essential)\b", apt_line), apt_line
     pins = (ROOT / "launcher" / "requirements.txt").read_text()

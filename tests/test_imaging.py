@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from app.imaging import (
+from app.images.imaging import (
     blur_mask,
     center_crop_box,
     crop_padded,

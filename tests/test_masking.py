@@ -5,7 +5,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from app.errors import ParserUnavailable, TryOnInputError
-from app.masking import (
+from app.images.masking import (
     ATR_LABELS,
     HumanParser,
     ParserHolder,
@@ -139,7 +139,7 @@ def test_parser_holder_explains_a_missing_parser(tmp_path):
 
 
 def test_auto_mask_layer_reads_back_as_the_painted_mask_in_photo_coordinates(images):
-    from app.editor import CANVAS_SIZE, MaskEdits, mask_layer, painted_mask
+    from app.studio.editor import CANVAS_SIZE, MaskEdits, mask_layer, painted_mask
 
     mask = images["mask"]
     layer = mask_layer(mask)
@@ -173,7 +173,7 @@ def test_auto_mask_layer_reads_back_as_the_painted_mask_in_photo_coordinates(ima
 
 def test_edits_survive_a_round_trip_through_other_garment_types():
     """Upper -> Lower -> Upper brought back every erased pixel and dropped strokes that overlapped Lower."""
-    from app.editor import MaskEdits
+    from app.studio.editor import MaskEdits
 
     upper, lower = Image.new("L", (20, 20), 0), Image.new("L", (20, 20), 0)
     upper.paste(255, (2, 2, 18, 10))
@@ -201,7 +201,7 @@ def test_edits_survive_a_round_trip_through_other_garment_types():
 def test_growing_a_huge_mask_is_scaled_and_close_to_exact():
     """Over GROW_WORK_PIXELS the grow runs on a scaled copy (a 48-megapixel photo with mask_grow 100 took
     72 s unscaled); the result stays within a few pixels of the exact grow and black and white."""
-    from app.masking import GROW_WORK_PIXELS, grow_mask
+    from app.images.masking import GROW_WORK_PIXELS, grow_mask
 
     big = Image.new("L", (3000, 4000), 0)
     ImageDraw.Draw(big).rectangle((1000, 1000, 2000, 3000), fill=255)
@@ -265,8 +265,8 @@ def camera_like(size=(3000, 2000), seed=0) -> Image.Image:
 
 @pytest.mark.slow
 def test_a_larger_photo_is_edited_as_a_copy_and_the_original_runs_whichever_arrives_first():
-    from app.editor import EDITOR_SIDE, is_copy_of, shown_copy, view_size
-    from app.ui_run import Session
+    from app.studio.editor import EDITOR_SIDE, is_copy_of, shown_copy, view_size
+    from app.studio.runs import Session
 
     original = camera_like()
     assert view_size(original.size) == (EDITOR_SIDE, 853) and view_size((600, 900)) == (600, 900)
@@ -293,8 +293,8 @@ def test_a_larger_photo_is_edited_as_a_copy_and_the_original_runs_whichever_arri
 
 
 def test_a_mask_on_the_copy_is_the_same_mask_on_the_original():
-    from app.editor import scaled_mask
-    from app.ui_run import Session
+    from app.studio.editor import scaled_mask
+    from app.studio.runs import Session
 
     session = Session()
     session.take_original(camera_like())
@@ -316,7 +316,7 @@ def test_a_mask_on_the_copy_is_the_same_mask_on_the_original():
 def test_the_editors_empty_canvas_is_not_taken_for_a_new_photo():
     """While it loads, the editor may report its blank canvas as the background: the held photo and the
     mask shown on it stay (taking the canvas for an upload would forget the mask and skip a redraw)."""
-    from app.ui_run import Session, person_and_mask
+    from app.studio.runs import Session, person_and_mask
 
     session = Session()
     photo = camera_like((300, 400))

@@ -12,9 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_server import FAST
 
 from app.errors import GenerationCancelled
-from app.metrics import gpu_memory
-from app.server import create_app, health_only_app
-from app.service import TryOnOptions
+from app.tryons.metrics import gpu_memory
+from app.tryons.service import TryOnOptions
+from app.web.server import create_app, health_only_app
 
 BODY = {"person": "inputs/person.png", "garment": "inputs/garment.png", "mask": "inputs/mask.png", **FAST}
 ALICE = {"Authorization": "Basic " + base64.b64encode(b"alice:wonder").decode()}

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 from PIL import Image
 
-from app.outputs import LEGACY_OWNER, ResultStore, owner_key, public_metadata
+from app.tryons.outputs import LEGACY_OWNER, ResultStore, owner_key, public_metadata
 
 
 def store_at(tmp_path, **kwargs) -> ResultStore:

@@ -8,7 +8,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
 
-from app.pipeline import (
+from app.model.pipeline import (
     CatVTONPipeline,
     GenerationCancelled,
     SkipCrossAttention,

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.config import SettingError, Settings
 from app.errors import CounterUnavailable, GenerationCancelled
-from app.quotas import (
+from app.tryons.quotas import (
     Counter,
     LoginLimit,
     QuotaExceeded,
@@ -26,7 +26,7 @@ from app.quotas import (
     parse_rule,
     wait_text,
 )
-from app.server import create_app
+from app.web.server import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"steps": 1, "width": 64, "height": 96}
@@ -378,7 +378,7 @@ def test_a_second_worker_on_the_volume_sees_the_first_ones_count(volume):
 
 @pytest.mark.slow
 def test_the_studio_status_line_shows_the_owners_use(volume):
-    from app.ui import status_text
+    from app.studio.page import status_text
 
     with TestClient(create_app(settings_for(volume, quota="30/h"), ui=False), client=("203.0.113.5", 5000)) as client:
         service = client.app.state.service

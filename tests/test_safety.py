@@ -17,13 +17,13 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
-from app.engine import Engine
 from app.errors import ModelLoadError
-from app.outputs import ResultStore
-from app.server import create_app
-from app.tiny_models import SAFETY_ALWAYS_FLAGS, set_safety_thresholds
-from app.ui_run import flagged_note
-from app.weights import SAFETY_FILES, required_files
+from app.model.engine import Engine
+from app.model.tiny_models import SAFETY_ALWAYS_FLAGS, set_safety_thresholds
+from app.model.weights import SAFETY_FILES, required_files
+from app.studio.runs import flagged_note
+from app.tryons.outputs import ResultStore
+from app.web.server import create_app
 from tests.test_e2e import CHROMIUM, launch_server
 
 ROOT = Path(__file__).resolve().parents[1]

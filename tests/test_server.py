@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.engine import Engine
-from app.server import create_app
+from app.model.engine import Engine
+from app.web.server import create_app
 
 FAST = {"steps": 2, "width": 64, "height": 96}
 
@@ -247,7 +247,7 @@ def test_a_cut_out_garment_reaches_the_model_on_white(volume, make_settings):
     with Image.open(image_path.with_name(f"{image_path.stem}.garment.png")) as sent:
         assert sent.mode == "RGB"
         assert sent.getpixel((0, 0)) == (255, 255, 255) and sent.getpixel((32, 48)) == (200, 30, 30)
-    from app.outputs import image_digest
+    from app.tryons.outputs import image_digest
 
     recorded = json.loads(image_path.with_suffix(".json").read_text())["inputs"]["garment"]
     with Image.open(image_path.with_name(f"{image_path.stem}.garment.png")) as sent:
@@ -259,7 +259,7 @@ def test_serving_imports_no_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from app.config import Settings; from app.server import create_app; "
+    code = ("import sys; from app.config import Settings; from app.web.server import create_app; "
             "from fastapi.testclient import TestClient; "
             "c = TestClient(create_app(Settings.from_env({}, volume=sys.argv[1]))); "
             "print(c.get('/ping').status_code, c.get('/').status_code, 'torch' in sys.modules)")

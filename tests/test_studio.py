@@ -69,7 +69,7 @@ def test_eraser_removes_from_the_auto_mask(page, studio, auto_reference):
 # -- defect 2: the mask shown is the mask used ----------------------------------------------------
 
 def test_mask_tools_and_garment_type_redraw_the_shown_mask(page, studio, auto_reference):
-    from app.masking import apply_tools
+    from app.images.masking import apply_tools
 
     volume = studio["volume"]
     load_inputs(page)
@@ -89,7 +89,7 @@ def test_mask_tools_and_garment_type_redraw_the_shown_mask(page, studio, auto_re
 def test_every_way_of_entering_grow_redraws_the_mask_and_the_run_is_what_was_shown(page, studio, auto_reference):
     """Typed in the box with Enter, typed and left with Tab, the slider's keys, Use these settings: each
     redraws the shown mask at once; each run saves exactly the mask shown and records the grow it shows."""
-    from app.masking import apply_tools
+    from app.images.masking import apply_tools
 
     volume = studio["volume"]
     load_inputs(page)
@@ -173,7 +173,7 @@ def test_tools_leave_a_hand_painted_mask_as_painted(page, studio):
 
 def test_example_person_auto_mask_and_tools_without_touching_the_editor(page, studio, auto_reference):
     """An example photo loaded from the server, Auto mask, Longer: the run gets exactly what is shown."""
-    from app.masking import apply_tools
+    from app.images.masking import apply_tools
 
     volume = studio["volume"]
     page.locator("#examples-person .thumbnail-item").first.click()  # person-1

@@ -57,7 +57,7 @@ def test_a_camera_photo_is_edited_as_a_copy_and_runs_at_full_size(page, studio, 
     """The editor holds a copy of a 3000x2000 photo at 1280 px (each event that reads it encodes a fifth of
     the pixels); the original runs, pixel for pixel, with the mask the editor shows scaled up to it. A
     phone's portrait (stored on its side, EXIF-turned) is turned the same way in the page and the server."""
-    from app.editor import scaled_mask, view_size
+    from app.studio.editor import scaled_mask, view_size
 
     volume = studio["volume"]
     path = camera_photo(tmp_path, (2000, 3000) if turned else (3000, 2000), turned)

@@ -5,7 +5,7 @@ import json
 from safetensors import safe_open
 
 from app.config import ADAPTER_FOLDERS, Settings
-from app.weights import check_weights, missing_files, required_files
+from app.model.weights import check_weights, missing_files, required_files
 
 
 def test_layout_has_every_required_file(tiny_volume):
@@ -44,7 +44,7 @@ def test_missing_weights_message_says_what_and_how(tmp_path):
     settings = Settings.from_env({}, volume=str(tmp_path))
     files = missing_files(settings)
     assert len(files) == 6
-    from app.weights import missing_weights_message
+    from app.model.weights import missing_weights_message
 
     message = missing_weights_message(settings, files)
     assert "6 model file(s) missing" in message
