@@ -12,6 +12,8 @@ The package in layers; each imports only from those above it in this list (tests
 - ``app.studio``: the Gradio Blocks page and its script endpoints;
 - ``app.web``: the HTTP application: the guard, Gradio's door, REST and results routes, assembly, serving;
 - ``app.cli``, ``app.doctor``, ``python -m app``: the commands.
+
+``app.pipeline`` and ``app.engine`` are the documented names of ``app.model.pipeline`` and ``app.model.engine``.
 """
 
 __version__ = "0.1.0"

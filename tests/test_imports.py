@@ -114,3 +114,10 @@ def test_each_package_says_what_it_owns_and_may_import():
         assert "May import" in doc and len(doc) > 200, f"{init.parent.name}: say what it owns and may import"
         assert f"app.{init.parent.name}" in (ROOT / "app" / "__init__.py").read_text()
 
+
+def test_the_documented_names_still_import():
+    code = ("from app.pipeline import CatVTONPipeline; from app.engine import Engine; "
+            "import app.model.pipeline as p, app.model.engine as e; "
+            "print(CatVTONPipeline is p.CatVTONPipeline, Engine is e.Engine)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
