@@ -24,6 +24,9 @@ NEEDS_CHROMIUM = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chr
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "assets" / "examples"
 PERSON, GARMENT = EXAMPLES / "person-1.png", EXAMPLES / "garment-1.png"
+# How long the page may take to show what it shows at once on a quiet machine (Run enabled again, a fold open, the
+# busy label): a bound for liveness only, long enough for two busy cores; the tests judge what was shown and saved.
+PATIENCE_MS = 120_000
 SCREENSHOTS = os.environ.get("STUDIO_SCREENSHOTS")  # a folder: refresh docs/ screenshots from this run
 
 
@@ -103,7 +106,7 @@ def press_auto_mask(page) -> float:
     started = time.monotonic()
     page.locator("#auto-mask").click()
     page.wait_for_function("() => document.querySelector('#auto-mask').innerText.includes('Masking')",
-                           timeout=10_000, polling=20)
+                           timeout=PATIENCE_MS, polling=20)
     page.wait_for_function("() => document.querySelector('#auto-mask').innerText.includes('Auto mask')",
                            timeout=120_000, polling=20)
     seconds = time.monotonic() - started
@@ -125,7 +128,7 @@ def open_fold(page, name: str, inside: str) -> None:
     """Open an accordion and wait until ``inside`` (a selector in it) is on screen and settled: Gradio
     renders a fold's contents as it opens, and a value typed into them meanwhile can be lost."""
     page.get_by_text(name, exact=True).click()
-    page.locator(inside).first.wait_for(state="visible", timeout=10_000)
+    page.locator(inside).first.wait_for(state="visible", timeout=PATIENCE_MS)
     page.wait_for_timeout(500)
 
 
@@ -161,7 +164,7 @@ def run_and_wait(page, volume: Path, count: int = 1) -> list[dict]:
     problems = page.locator(".toast-body").all_inner_texts()
     assert not problems and "Done" in page.locator("#progress").inner_text(), (
         problems, page.locator("#progress").inner_text())
-    page.wait_for_function("() => !document.querySelector('#run').disabled", timeout=10_000)
+    page.wait_for_function("() => !document.querySelector('#run').disabled", timeout=PATIENCE_MS)
     assert page.locator("#run").inner_text().strip() == "Run try-on"  # ready for the next, and says so
     saved = results(volume)
     assert len(saved) == before + count, [p.name for p in saved]

@@ -133,7 +133,7 @@ def test_ping_answers_204_at_once(launcher):
     for method, path in [("GET", "/ping"), ("HEAD", "/ping"), ("GET", "/ping?probe=1")]:
         answer = ask(port, method, path)
         assert (answer.status, answer.body) == (204, b""), (method, path, answer)
-        assert answer.seconds < 0.2, (method, path, answer.seconds)
+        assert answer.seconds < 3, (method, path, answer.seconds)  # liveness: the build is held, never done
         assert answer.headers["Connection"] == "close"
         # A 204 carries no Content-Length (RFC 9110 8.6), like the app's own /ping.
         assert answer.headers.get("Content-Length", "0") == "0"
@@ -161,11 +161,22 @@ def test_twenty_concurrent_pings_are_all_answered_without_waiting(launcher):
         at_once.wait()
         return ask(port)
 
+    dropped = listen_drops()
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(ping, range(20)))
     assert [a.status for a in answers] == [204] * 20
-    # A connection the listen backlog had no room for is retried after 1 s (SYN retransmit).
-    assert max(a.seconds for a in answers) < 0.9, sorted(a.seconds for a in answers)
+    # A connection the listen backlog had no room for is dropped and retried a second later (SYN retransmit):
+    # the kernel counts each such drop. The seconds only show liveness (two busy cores are slow, not full).
+    assert listen_drops() == dropped
+    assert max(a.seconds for a in answers) < 5, sorted(a.seconds for a in answers)
+
+
+def listen_drops() -> int:
+    """Connections this network namespace's listen queues had no room for (TcpExt ListenOverflows + ListenDrops)."""
+    header, values = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()
+                      if line.startswith("TcpExt:")][:2]
+    counts = dict(zip(header[1:], map(int, values[1:]), strict=True))
+    return counts["ListenOverflows"] + counts["ListenDrops"]
 
 
 @needs_socat

@@ -16,6 +16,7 @@ from tests.studio_kit import (
     EXAMPLES,
     GARMENT,
     NEEDS_CHROMIUM,
+    PATIENCE_MS,
     PERSON,
     ROOT,
     load_inputs,
@@ -143,7 +144,7 @@ def test_auto_mask_keeps_the_photo_visible(page, studio):
         page.locator("#auto-mask").click()
         started = time.monotonic()
         page.wait_for_function("() => document.querySelector('#auto-mask').innerText.includes('Masking')",
-                               timeout=10_000, polling=20)
+                               timeout=PATIENCE_MS, polling=20)
         assert page.locator("#person canvas").first.is_visible()
         assert page.locator("#person .wrap.translucent, #person .eta-bar").count() == 0
         page.wait_for_function("() => document.querySelector('#auto-mask').innerText.includes('Auto mask')",

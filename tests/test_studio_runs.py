@@ -14,6 +14,7 @@ from tests.studio_kit import (
     EXAMPLES,
     GARMENT,
     NEEDS_CHROMIUM,
+    PATIENCE_MS,
     PERSON,
     load_inputs,
     open_fold,
@@ -39,7 +40,7 @@ def ready_for_a_long_run(page) -> None:
     steps.fill("100")
     steps.press("Enter")
     page.wait_for_function("() => document.querySelector('#steps input[type=range]').value === '100'",
-                           timeout=10_000)  # the form holds it before Run is pressed
+                           timeout=PATIENCE_MS)  # the form holds it before Run is pressed
     page.wait_for_timeout(300)
 
 
@@ -68,7 +69,7 @@ def test_progress_stays_on_the_result_stop_ends_the_run_and_run_is_disabled_mean
     page.locator("#stop").click()
     page.wait_for_function("() => document.querySelector('#progress').innerText.includes('Stopped at step')",
                            timeout=60_000)
-    page.wait_for_function("() => !document.querySelector('#run').disabled", timeout=10_000)
+    page.wait_for_function("() => !document.querySelector('#run').disabled", timeout=PATIENCE_MS)
     assert len(results(volume)) == before, "a stopped run saved a result"
     assert page.locator("#stop").is_disabled()
 
@@ -101,7 +102,7 @@ def test_an_error_shows_once_and_marks_no_other_panel(page, studio):
     for elem in ("#gallery", "#result", "#page-label", "#summary", "#person", "#garment"):
         assert page.locator(f"{elem} .error").count() == 0, elem
     assert page.locator(".toast-body").count() == 0
-    page.wait_for_function("() => !document.querySelector('#run').disabled", timeout=10_000)
+    page.wait_for_function("() => !document.querySelector('#run').disabled", timeout=PATIENCE_MS)
 
 
 def test_a_file_that_is_not_an_image_gets_one_sentence_in_the_progress_line(page, studio, tmp_path):
@@ -126,7 +127,7 @@ def test_a_file_that_is_not_an_image_gets_one_sentence_in_the_progress_line(page
     put_photo(page, PERSON)
     page.locator("#garment input[type=file]").first.set_input_files(str(bad))
     said("garment")
-    page.wait_for_function("() => !document.querySelector('#garment img')", timeout=10_000)  # cleared
+    page.wait_for_function("() => !document.querySelector('#garment img')", timeout=PATIENCE_MS)  # cleared
     open_fold(page, "Batch", "#extra-garments")
     page.locator("#extra-garments input[type=file]").set_input_files([str(bad)])
     said("extra garment")
@@ -247,6 +248,6 @@ def test_a_draft_is_ticked_next_to_run_and_its_result_is_labelled(page, studio):
     assert page.locator("#summary").inner_text().startswith("Draft · ")
     assert "draft (fast preview)" in page.locator("#result").inner_text()
     page.wait_for_function("() => document.querySelector('#gallery .caption-label')?.innerText.startsWith('Draft')",
-                           timeout=10_000)
+                           timeout=PATIENCE_MS)
 
 
