@@ -292,6 +292,49 @@ def test_a_larger_photo_is_edited_as_a_copy_and_the_original_runs_whichever_arri
     assert stale.photo is original
 
 
+def test_a_value_painted_on_an_earlier_mask_keeps_its_edits_against_that_mask():
+    """Upper -> Lower -> Upper, with the page a step behind: the redraw to Upper was made (and numbered)
+    but the editor still holds the Lower mask when it sends its value again (the next redraw, or Run).
+    The edits are read against the mask the editor held, so neither the next redraw nor a run takes
+    the difference between Lower and Upper for strokes and erasures."""
+    from app.studio.runs import Session
+
+    session = Session()
+    session.show(Image.new("RGB", (20, 20), "gray"))
+    upper, lower = Image.new("L", (20, 20), 0), Image.new("L", (20, 20), 0)
+    upper.paste(255, (2, 2, 18, 10))
+    lower.paste(255, (2, 8, 18, 18))
+    tools_upper, tools_lower = ("upper", 0, 0.0), ("lower", 0, 0.0)
+    first = session.redraw(None, upper, tools_upper, held=0)
+    assert session.generation == 1
+    painted = first.copy()
+    painted.paste(0, (4, 4, 8, 8))  # erased
+    painted.paste(255, (10, 12, 14, 16))  # a stroke
+    as_lower = session.redraw(painted, lower, tools_lower, held=1)
+    expected = session.as_redrawn(as_lower, upper, held=2)  # the Upper mask the user should get back
+    assert not white(expected)[4:8, 4:8].any() and white(expected)[12:16, 10:14].all()
+    assert white(expected)[2:4, 2:18].all()
+
+    as_upper = session.redraw(as_lower, upper, tools_upper, held=2)  # made; the page still holds number 2
+    assert session.generation == 3 and not session.holds_latest(2) and session.holds_latest(3)
+    assert np.array_equal(white(as_upper), white(expected))
+    # Run pressed now sends the editor's Lower mask, painted on number 2: the run gets the Upper mask.
+    assert np.array_equal(white(session.as_redrawn(as_lower, upper, held=2)), white(expected))
+    assert session.generation == 3  # a run's redraw sends nothing: no number taken
+    # Read against the last mask sent instead (as before numbering), Lower's part counts as strokes.
+    assert not np.array_equal(white(session.as_redrawn(as_lower, upper, held=3)), white(expected))
+    # The next redraw, from the same stale value, also gives the user's mask, and then the editor's own.
+    again = session.redraw(as_lower, upper, tools_upper, held=2)
+    assert np.array_equal(white(again), white(expected))
+    assert np.array_equal(white(session.redraw(again, upper, tools_upper, held=4)), white(expected))
+    # Only the last few masks sent are kept; a new photo forgets them all.
+    for _ in range(10):
+        session.redraw(None, upper, tools_upper, held=session.generation)
+    assert sorted(session.sent) == list(range(session.generation - 7, session.generation + 1))
+    session.forget_mask()
+    assert session.sent == {} and session.generation == 15
+
+
 def test_a_mask_on_the_copy_is_the_same_mask_on_the_original():
     from app.studio.editor import scaled_mask
     from app.studio.runs import Session

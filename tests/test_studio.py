@@ -11,6 +11,7 @@ import numpy as np
 
 from tests.studio_kit import (
     NEEDS_CHROMIUM,
+    PATIENCE_MS,
     assert_same_photo,
     load_inputs,
     open_fold,
@@ -140,21 +141,36 @@ def test_every_way_of_entering_grow_redraws_the_mask_and_the_run_is_what_was_sho
 
 
 def test_edits_survive_garment_type_changes(page, studio, auto_reference):
-    """Upper -> Lower -> Upper: the eraser's and the brush's work comes back with the Upper mask."""
+    """Upper -> Lower -> Upper: the eraser's and the brush's work comes back with the Upper mask; also when
+    Run is pressed after the server has redrawn the mask for Upper but before the editor has loaded it
+    (the run gets the Upper mask, not the Lower one still in the editor), which then shows the same."""
     volume = studio["volume"]
     load_inputs(page)
     press_auto_mask(page)
     stroke(page, tool="Erase", at=(0.22, 0.62))
     stroke(page, at=(0.5, 0.9))  # low down: overlaps what Lower masks
     [edited] = run_and_wait(page, volume)
-    for kind in ("Lower", "Upper"):
-        page.locator("#garment-type label", has_text=kind).click()
-        page.wait_for_timeout(2500)
+    loads = page.evaluate("() => window.tryonLoads")
+    page.locator("#garment-type label", has_text="Lower").click()
+    page.wait_for_function(f"() => window.tryonLoads > {loads}", timeout=PATIENCE_MS)
+    # The next mask to reach the page waits there, unloaded, until the run is over.
+    page.evaluate("""() => {
+      const editor = window.editor, add = editor.add_layers_from_url.bind(editor);
+      const held = new Promise((release) => { window.releaseLayer = release; });
+      editor.add_layers_from_url = async (urls) => { window.layerArrived = true; await held; return add(urls); };
+    }""")
+    page.locator("#garment-type label", has_text="Upper").click()
+    page.wait_for_function("() => window.layerArrived === true", timeout=PATIENCE_MS)
     [back] = run_and_wait(page, volume)
     first, second = white(saved_input(volume, edited, "mask")), white(saved_input(volume, back, "mask"))
     auto = white(auto_reference["upper"])
     assert (auto & ~first).sum() > 500 and (first & ~auto).sum() > 500  # erased and painted
     assert np.array_equal(first, second), f"{(first ^ second).sum()} px differ after Upper -> Lower -> Upper"
+    assert back["settings"]["garment_type"] == "upper"
+    loads = page.evaluate("() => window.tryonLoads")
+    page.evaluate("() => window.releaseLayer()")
+    page.wait_for_function(f"() => window.tryonLoads > {loads}", timeout=PATIENCE_MS)
+    assert np.array_equal(shown_mask(page, auto_reference["upper"].size), first)  # what ran is what shows
 
 
 def test_tools_leave_a_hand_painted_mask_as_painted(page, studio):

@@ -113,6 +113,11 @@ class MaskEdits:
         self.strokes = np.zeros((size[1], size[0]), dtype=bool)
         self.erased = np.zeros_like(self.strokes)
 
+    def copy(self) -> MaskEdits:
+        twin = MaskEdits((self.strokes.shape[1], self.strokes.shape[0]))
+        twin.strokes, twin.erased = self.strokes.copy(), self.erased.copy()
+        return twin
+
     def absorb(self, painted: Image.Image, shown: Image.Image | None) -> None:
         """Take in what the user did to ``shown`` (the mask last drawn in the editor; None: nothing was):
         what ``painted`` adds is a stroke, what it removes an erasure, the latest edit of a pixel wins."""

@@ -56,19 +56,27 @@ STATE_TEXT = {"unloaded": "not loaded (loads on the first run)", "loading": "loa
 # given such a value from the server, re-uploads it in a loop and its brush stops drawing on replaced
 # layers; its own loader, as used for uploads, has neither problem. A mask redraw sends the layer alone:
 # the editor keeps its photo (the loader replaces every layer), and a camera photo is not encoded,
-# downloaded and decoded again for each redraw.
+# downloaded and decoded again for each redraw. The loader returns the number of the mask it loaded (see
+# Session.generation) into the hidden "held", which goes with every value the page sends from the editor.
 NOTHING = (None, None)  # nothing for the editor loader to load
 SIZE_3_4 = (768, 1024)  # every model size is 3:4: the region's shape
-EDITOR_LOAD_JS = """async (photo, layer) => {
+EDITOR_LOAD_JS = """async (photo, layer, drawn, held) => {
   const editor = window.editor;
-  if (!editor || (!photo && !layer)) return;
-  await editor.ready;  // window.editor exists before its canvas is set up; a photo given earlier is lost
-  if (window.tryonClearPanel) window.tryonClearPanel();  // the photo's fit keeps clear of the tool panel
-  if (photo && window.tryonFrame) window.tryonFrame('');  // another photo: no frame until its next mask
-  if (photo) await editor.add_image_from_url(photo.url);
-  await editor.add_layers_from_url(layer ? [layer.url] : []);
-  const brush = document.querySelector('#person button[aria-label="Brush"]');
-  if (brush) brush.click(); else editor.set_tool('draw');  // the button also tells the editor's toolbar
+  if (!editor || (!photo && !layer)) return held;
+  const load = async () => {
+    await editor.ready;  // window.editor exists before its canvas is set up; a photo given earlier is lost
+    if (window.tryonClearPanel) window.tryonClearPanel();  // the photo's fit keeps clear of the tool panel
+    if (photo && window.tryonFrame) window.tryonFrame('');  // another photo: no frame until its next mask
+    if (photo) await editor.add_image_from_url(photo.url);
+    await editor.add_layers_from_url(layer ? [layer.url] : []);
+    const brush = document.querySelector('#person button[aria-label="Brush"]');
+    if (brush) brush.click(); else editor.set_tool('draw');  // the button also tells the editor's toolbar
+  };
+  // One load at a time, in the order the server made them: the last mask made is the one left showing.
+  window.tryonLoading = (window.tryonLoading || Promise.resolve()).then(load, load);
+  await window.tryonLoading;
+  window.tryonLoads = (window.tryonLoads || 0) + 1;  // tests wait on this, not on time
+  return photo ? 0 : drawn;  // the number of the mask the editor now holds (0: none of ours)
 }"""
 # The person photo, checked and scaled in the page before the editor takes it. A file the browser cannot
 # draw (the editor would drop it without a word) or over the upload limit gets one sentence in the progress
@@ -292,21 +300,21 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         example = example_at(garments, event)
         return str(example.path), example.garment_type or gr.skip()
 
-    def on_auto(session: Session, editor, garment_type, grow, longer, mask_blur, size):
+    def on_auto(session: Session, editor, garment_type, grow, longer, mask_blur, size, held):
         """Auto mask: the parser's mask for this garment type, with the tools, the user's edits re-applied;
-        and the frame of the region the model will see."""
+        the frame of the region the model will see; and the new mask's number."""
         with session.masking:
             try:
                 photo, current = person_and_mask(session, editor)
                 tools = (garment_type, int(grow), 0.15 if longer else 0.0)
-                shown = session.redraw(current, auto_part(service, session, photo, tools), tools)
+                shown = session.redraw(current, auto_part(service, session, photo, tools), tools, held)
             except USER_ERRORS as exc:
                 gr.Warning(str(exc))  # a notice, not an error state: the chain goes on and restores the button
                 return NO_REDRAW
             frame = model_frame(session, session.to_photo(shown), float(mask_blur), sizes.get(size, SIZE_3_4))
-        return None, mask_layer(shown), frame  # the editor has the photo: the new layer alone
+            return None, mask_layer(shown), frame, session.generation  # the editor has the photo: the layer alone
 
-    def on_tools(session: Session, editor, garment_type, grow, longer, mask_blur, size):
+    def on_tools(session: Session, editor, garment_type, grow, longer, mask_blur, size, held):
         """Grow, Longer or the garment type changed (however entered): redraw the automatic part at once,
         keeping strokes and erasures. A hand-painted mask is used exactly as painted."""
         try:
@@ -315,7 +323,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
             return NO_REDRAW
         if session.shown_auto is None:
             return NO_REDRAW
-        return on_auto(session, editor, garment_type, grow, longer, mask_blur, size)
+        return on_auto(session, editor, garment_type, grow, longer, mask_blur, size, held)
 
     def on_original(session: Session, value):
         """The full-size photo the page sent next to the smaller copy it loaded into the editor: it runs.
@@ -346,14 +354,14 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
 
     # -- a run ----------------------------------------------------------------------------------
 
-    NO_REDRAW = (*NOTHING, gr.skip())  # nothing to load, the frame as it is
+    NO_REDRAW = (*NOTHING, gr.skip(), gr.skip())  # nothing to load, the frame and the number as they are
 
     def buttons(running: bool):
         return (gr.update(interactive=not running, value="Running…" if running else "Run try-on"),
                 gr.update(interactive=running))
 
     def try_on(session: Session, editor, garment, garment_type, steps, guidance, random_seed, seed, size,
-               mask_blur, grow, longer, keep_photo, variations, extra_persons, extra_garments, draft,
+               mask_blur, grow, longer, keep_photo, variations, extra_persons, extra_garments, draft, held,
                request: gr.Request):
         """A run as a stream of progress lines. Errors end it in the same line (never as badges on panels)."""
         skip = [gr.skip()] * 7  # result, compare, inputs view, strip, summary, seed, frame
@@ -369,7 +377,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
                                    keep_photo=bool(keep_photo), draft=bool(draft))
             yield line(None, "Checking the inputs…")
             run = build_request(service, session, editor, garment, extra_persons, extra_garments, options,
-                                bool(random_seed), int(variations or 1))
+                                bool(random_seed), int(variations or 1), held)
         except USER_ERRORS as exc:
             yield line(None, f"Not run: {exc}", "error")
             return
@@ -520,6 +528,8 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         with gr.Group(visible=False):  # what the editor loader reads: the photo and the mask layer, as PNG
             editor_photo = gr.Image(type="pil", format="png", image_mode="RGB", elem_id="editor-photo")
             editor_layer = gr.Image(type="pil", format="png", image_mode="RGBA", elem_id="editor-layer")
+            drawn = gr.Number(0, precision=0, elem_id="mask-drawn")  # the number of the mask last sent
+            held = gr.Number(0, precision=0, elem_id="mask-held")  # and of the one the editor holds
 
         add_api_endpoints(service, settings, access, streams)
 
@@ -530,7 +540,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         to_editor = [editor_photo, editor_layer]
 
         def into_editor(event):
-            return event.then(None, to_editor, None, js=EDITOR_LOAD_JS, **quiet)
+            return event.then(None, [*to_editor, drawn, held], held, js=EDITOR_LOAD_JS, **quiet)
 
         into_editor(person_examples.select(load_person, session, to_editor, **quiet))
         garment_examples.select(load_garment, None, [garment, garment_type], **quiet)
@@ -539,21 +549,22 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
             upload.upload(upload_checker(role), upload, [upload, progress], preprocess=False, **quiet)
         original.upload(on_original, [session, original], [original, progress], preprocess=False, **quiet) \
             .then(None, None, None, js=ORIGINAL_ARRIVED_JS, **quiet)
-        tool_inputs = [session, person, garment_type, grow, longer, mask_blur, size]
+        tool_inputs = [session, person, garment_type, grow, longer, mask_blur, size, held]
         masking = auto.click(lambda: gr.update(value="Masking…", interactive=False), None, auto, queue=False,
                              **quiet).then(None, None, None, js=ORIGINAL_WAIT_JS, **quiet) \
-            .then(on_auto, tool_inputs, [*to_editor, frame], **quiet)
+            .then(on_auto, tool_inputs, [*to_editor, frame, drawn], **quiet)
         into_editor(masking).then(lambda: gr.update(value="Auto mask", interactive=True), None, auto, queue=False,
                                   **quiet)
         # Every way a tool value arrives (slider, its box and Enter, Use these settings, an example garment's
         # type) is a change: the shown mask is redrawn at once, the latest value only when they come fast.
         for tool in (grow, longer, garment_type):
-            into_editor(tool.change(on_tools, tool_inputs, [*to_editor, frame], trigger_mode="always_last", **quiet))
+            into_editor(tool.change(on_tools, tool_inputs, [*to_editor, frame, drawn], trigger_mode="always_last",
+                                    **quiet))
         frame.change(None, frame, None, js=FRAME_JS, **quiet)
 
         page_outputs = [gallery, ids, page, page_label]
         run_inputs = [session, person, garment, garment_type, steps, guidance, random_seed, seed, size, mask_blur,
-                      grow, longer, keep_photo, variations, extra_persons, extra_garments, draft]
+                      grow, longer, keep_photo, variations, extra_persons, extra_garments, draft, held]
         run_outputs = [progress, run, stop, result, compare, inputs_view, strip, run_summary, seed, frame]
         running = run.click(None, None, None, js=RUN_PRESSED_JS, **quiet).then(
             try_on, run_inputs, run_outputs, concurrency_id=TRYON, concurrency_limit=settings.queue_max + 1,

@@ -35,6 +35,9 @@ TILE_SIDE = 768  # px: the long side of each picture in the Inputs view (four si
 USER_ERRORS = (TryOnInputError, BusyError, ModelLoadError, CounterUnavailable)
 
 
+SENT_KEPT = 8  # masks sent to the editor that a value from the page may still have been painted on
+
+
 class Session:
     """One browser session's studio state, held server-side in ``gr.State`` (never sent to the page).
 
@@ -44,7 +47,12 @@ class Session:
     arrive before or after the editor's first value). ``auto_masks`` caches the parser's masks for the
     photo by garment type. When an automatic mask is drawn, ``shown_auto`` is its automatic part (tools
     applied, made with ``shown_tools``: garment type, grow, longer), ``edits`` the user's strokes and
-    erasures on it, and ``shown`` the mask last drawn in the editor (the two composed).
+    erasures on it, and ``shown`` the mask last sent to the editor (the two composed).
+
+    A mask sent is not yet a mask shown: the page loads it a moment later, and a value the page sends
+    meanwhile (a run, the next redraw) was painted on an earlier one. Each mask sent is numbered
+    (``generation``) and the last few are kept in ``sent``; the page reports with every value the number of
+    the mask its editor holds, and the user's edits are read against that mask, never a later one.
     """
 
     def __init__(self):
@@ -57,6 +65,8 @@ class Session:
         self.shown_tools: tuple | None = None
         self.shown: Image.Image | None = None
         self.edits: MaskEdits | None = None
+        self.generation = 0  # how many masks have been sent to the editor (numbers are never reused)
+        self.sent: dict[int, Image.Image] = {}  # the last SENT_KEPT of them, by number
         self.masking = threading.Lock()  # one mask redraw at a time per session
         self.cancel = threading.Event()
         self.last_seed: int | None = None
@@ -107,16 +117,38 @@ class Session:
     def forget_mask(self) -> None:
         """The editor holds no mask of ours (a new photo, or an example loaded with an empty layer)."""
         self.shown_auto = self.shown_tools = self.shown = self.edits = None
+        self.sent = {}
 
-    def redraw(self, painted: Image.Image | None, auto: Image.Image, tools: tuple) -> Image.Image:
-        """The mask to show with a new automatic part: the user's edits on what was shown, re-applied."""
-        if self.edits is None:
-            self.edits = MaskEdits(auto.size)
-        if painted is not None:
-            self.edits.absorb(painted, self.shown)
+    def holds_latest(self, held: int | None) -> bool:
+        """Whether the editor's value was painted on the mask last sent (``held``: the page's report)."""
+        return held == self.generation
+
+    def redraw(self, painted: Image.Image | None, auto: Image.Image, tools: tuple,
+               held: int | None = None) -> Image.Image:
+        """The mask to send to the editor with a new automatic part, the user's edits re-applied; numbered
+        and kept as sent."""
+        self.edits = self.edits_in(painted, auto.size, held)
         self.shown_auto, self.shown_tools = auto, tools
         self.shown = self.edits.compose(auto)
+        self.generation += 1
+        self.sent[self.generation] = self.shown
+        self.sent.pop(self.generation - SENT_KEPT, None)
         return self.shown
+
+    def as_redrawn(self, painted: Image.Image | None, auto: Image.Image, held: int | None = None) -> Image.Image:
+        """The mask ``redraw`` would send, changing nothing: what a run takes when the editor's mask is not
+        yet the one its values ask for (the redraw itself is on its way to the page, or was not asked)."""
+        return self.edits_in(painted, auto.size, held).compose(auto)
+
+    def edits_in(self, painted: Image.Image | None, size: tuple[int, int], held: int | None) -> MaskEdits:
+        """The user's edits so far with those in ``painted`` taken in (a copy): what ``painted`` changes from
+        the mask the editor held (number ``held``; the mask last sent when that is unknown, or when
+        ``painted`` is that mask itself, as ``person_and_mask`` returns it for an untouched editor)."""
+        edits = MaskEdits(size) if self.edits is None else self.edits.copy()
+        if painted is not None:
+            base = self.shown if painted is self.shown or held is None else self.sent.get(held, self.shown)
+            edits.absorb(painted, base)
+        return edits
 
 
 @dataclass
@@ -214,12 +246,14 @@ def auto_part(service: TryOnService, session: Session, photo: Image.Image, tools
 
 
 def build_request(service: TryOnService, session: Session, editor, garment, extra_persons, extra_garments,
-                  options: TryOnOptions, random_seed: bool, variations: int) -> RunRequest:
+                  options: TryOnOptions, random_seed: bool, variations: int, held: int | None = None) -> RunRequest:
     """Every item of the run, checked; with nothing painted, the parser's mask (as Auto mask would show it).
 
     What is recorded is what runs: an automatic mask drawn with other tool values than the form's (a value
-    entered a moment before Run, whose redraw has not reached the editor yet) is redrawn with the form's,
-    the user's edits kept; grow and longer apply to automatic masks only, so a hand-painted mask records 0.
+    entered a moment before Run, whose redraw has not been made yet), or painted on an earlier mask than
+    the one last sent (``held``: a redraw made but not yet loaded by the page), is redrawn with the form's
+    values, the user's edits kept; grow and longer apply to automatic masks only, so a hand-painted mask
+    records 0.
     """
     options.check()
     person, mask = person_and_mask(session, editor)
@@ -233,8 +267,8 @@ def build_request(service: TryOnService, session: Session, editor, garment, extr
         mask = service.auto_mask(person, *tools)
     elif session.shown_auto is not None:
         with session.masking:
-            if session.shown_tools != tools:
-                mask = session.redraw(mask, auto_part(service, session, person, tools), tools)
+            if session.shown_tools != tools or not (mask is session.shown or session.holds_latest(held)):
+                mask = session.as_redrawn(mask, auto_part(service, session, person, tools), held)
     elif not extra_people:  # a hand-painted mask runs as painted: no tool touched it
         options = replace(options, mask_grow=0, longer=0.0)
     if mask.size != person.size:  # drawn on the editor's copy of a larger photo: the same mask, on the photo
