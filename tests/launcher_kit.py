@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -167,6 +168,17 @@ class Worker:
             assert self.proc.poll() is None or text in self.log, f"exited before {text!r}:\n{self.log}"
             assert time.monotonic() < deadline, f"never saw {text!r}:\n{self.log}"
             time.sleep(0.02)
+
+    @contextlib.contextmanager
+    def held_frozen(self):
+        """Keeps the launcher stopped (SIGSTOP: no step, no heartbeat) until the block ends, whatever its
+        failpoint's pause: for a test whose point is what the builder does after another worker finished,
+        not a race between the pause's seconds and how fast that worker is on a busy machine."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def finish(self, timeout: float = 120) -> tuple[int, float]:
         code = self.proc.wait(timeout=timeout)
