@@ -179,7 +179,8 @@ def shown_mask(page, size: tuple[int, int]) -> np.ndarray:
     from app.studio.editor import painted_mask
 
     urls = page.evaluate("""async () => {
-      const blobs = await window.editor.get_blobs();
+      const editor = window.editor;  // read anew: not the page's kept read (app/studio/page.py EDITOR_READS_JS)
+      const blobs = await (editor.get_blobs_fresh ? editor.get_blobs_fresh() : editor.get_blobs());
       const read = (blob) => new Promise((done) => {
         const reader = new FileReader(); reader.onload = () => done(reader.result); reader.readAsDataURL(blob); });
       return Promise.all((blobs.layers || []).filter(Boolean).map(read));

@@ -79,7 +79,12 @@ def test_a_camera_photo_is_edited_as_a_copy_and_runs_at_full_size(page, studio, 
     press_auto_mask(page)
     shown = shown_mask(page, view)
     assert not (stroked & ~shown).any(), "Auto mask dropped the stroke"
+    page.evaluate("() => { window.editor.tryonReads = 0; }")
     [meta] = run_and_wait(page, volume)
+    # The editor is read for the run, not again for each progress line (Gradio reads it on every status
+    # update: 35 times in a run of 3 steps, seconds each for this photo in a browser drawing in software).
+    reads = page.evaluate("() => window.editor.tryonReads")
+    assert reads is not None and reads <= 3, f"the page read the editor {reads} times for one run"
     sent = np.asarray(saved_input(volume, meta, "person").convert("RGB"))
     assert sent.shape == original.shape and np.array_equal(sent, original), "the original did not run"
     size = sent.shape[1::-1]

@@ -8,6 +8,9 @@ Gradio's editor (6.x) has traps this module keeps away from the try-on:
   canvas (``canvas_size``) long after a smaller photo was loaded. Layers are therefore padded to
   ``max(canvas, photo)`` and anchored top-left, so they land on the photo's own pixels.
 - Its default file format is lossy WebP; the studio asks for PNG.
+- It reads its pixels back (a GPU readback and a PNG per layer) on every loading-status update of the page,
+  not only for the events that send it; the page keeps one read until the editor can have changed
+  (``EDITOR_READS_JS`` in ``app.studio.page``).
 
 No Gradio import here: plain PIL functions, tested without a browser.
 """

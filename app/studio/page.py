@@ -78,6 +78,57 @@ EDITOR_LOAD_JS = """async (photo, layer, drawn, held) => {
   window.tryonLoads = (window.tryonLoads || 0) + 1;  // tests wait on this, not on time
   return photo ? 0 : drawn;  // the number of the mask the editor now holds (0: none of ours)
 }"""
+# The editor's contents read once per change, not once per message. Gradio 6 reads an editor's value
+# (get_blobs: each layer rendered and read back from the GPU with readPixels, then encoded as PNG) not only
+# for the events that send it but on every loading-status update of the page: each progress line of a run
+# read the whole editor again, 35 reads in one run of 3 steps (measured), seconds each for a camera photo in
+# a browser drawing in software, and a GPU stall each on a laptop. Here a read is kept until anything could
+# have changed the editor: any render of its canvas (its ticker runs for every stroke, zoom, undo and load),
+# any pointer, key, click, drop, paste or input event in the page, and any call of the editor's own methods
+# (the studio's loader, Gradio's uploads; counted again when an asynchronous one ends). Reads asked for at
+# once share one. ``editor.get_blobs_fresh`` reads anew (the tests' eye on what is shown);
+# ``editor.tryonReads`` counts the reads made.
+EDITOR_READS_JS = """() => {
+  let version = 0;
+  const changed = () => { version += 1; };
+  const keep = (editor) => {
+    if (!editor || editor.get_blobs_fresh || typeof editor.get_blobs !== 'function') return;
+    const read = editor.get_blobs.bind(editor);
+    let kept = null;
+    editor.tryonReads = 0;
+    editor.get_blobs_fresh = (...args) => { editor.tryonReads += 1; return read(...args); };
+    for (const name of Object.getOwnPropertyNames(Object.getPrototypeOf(editor))) {
+      const method = editor[name];
+      if (name === 'constructor' || name === 'get_blobs' || typeof method !== 'function') continue;
+      editor[name] = function (...args) {
+        changed();
+        const result = method.apply(this, args);
+        if (result && typeof result.then === 'function') result.then(changed, changed);
+        return result;
+      };
+    }
+    Promise.resolve(editor.ready).then(() => {
+      if (editor.app && editor.app.ticker) editor.app.ticker.add(changed);
+    });
+    editor.get_blobs = (...args) => {
+      if (args.length) { changed(); return editor.get_blobs_fresh(...args); }
+      if (!kept || kept.version !== version) {
+        const promise = editor.get_blobs_fresh();
+        kept = {version, promise};
+        promise.catch(() => { if (kept && kept.promise === promise) kept = null; });
+      }
+      return kept.promise.then((blobs) => ({...blobs, layers: [...(blobs.layers || [])]}));
+    };
+  };
+  for (const kind of ['pointerdown', 'pointermove', 'pointerup', 'click', 'keydown', 'keyup', 'drop', 'paste',
+                      'change', 'input']) {
+    document.addEventListener(kind, changed, true);
+  }
+  let current = window.editor;  // Gradio sets window.editor to each editor it builds
+  keep(current);
+  Object.defineProperty(window, 'editor', {configurable: true, enumerable: true, get: () => current,
+                                           set: (editor) => { changed(); current = editor; keep(editor); }});
+}"""
 # The person photo, checked and scaled in the page before the editor takes it. A file the browser cannot
 # draw (the editor would drop it without a word) or over the upload limit gets one sentence in the progress
 # line. A photo larger than EDITOR_SIDE px goes to the editor as a copy at that size (the editor encodes its
@@ -580,6 +631,7 @@ def build_ui(service: TryOnService, settings: Settings, access: Access, streams:
         demo.load(signed_in_line, None, who, **quiet)
         intake = PERSON_INTAKE_JS % {"side": EDITOR_SIDE, "limit_mb": f"{settings.max_upload_mb:g}"}
         demo.load(None, None, None, js=intake, **quiet)
+        demo.load(None, None, None, js=EDITOR_READS_JS, **quiet)
         newer.click(newer_page, page, page_outputs, **quiet)
         older.click(older_page, page, page_outputs, **quiet)
         gallery.select(show_selected, [session, ids], [selected, selected_summary, selected_meta, selected_row],
