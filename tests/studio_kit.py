@@ -77,6 +77,39 @@ def load_inputs(page, person=PERSON, garment=GARMENT):
     page.wait_for_timeout(1200)  # a moment for the uploads to reach the server
 
 
+def pick_examples(page, person: int | None = 0, garment: int | None = 0) -> None:
+    """Click example thumbnails (their index; None: leave that one) and wait until the studio holds them: the
+    person photo in the editor, the garment under Garment. A click is a select event that the server answers
+    with the photo; on a busy machine that takes seconds, and a Run pressed before the answer lands runs
+    without it ("Not run: no garment photo")."""
+    if person is not None:
+        page.wait_for_function("async () => { if (!window.editor) return false; await window.editor.ready; "
+                               "return true; }", timeout=PATIENCE_MS)
+        shown = "async () => ((await window.editor.get_blobs()).background?.size || 0) > 1000"
+        for _attempt in range(3):  # a photo given to the editor as it starts up can be lost: pick it again
+            page.locator("#examples-person .thumbnail-item").nth(person).click()
+            try:
+                page.wait_for_function(shown, timeout=PATIENCE_MS // 4, polling=250)
+                break
+            except Exception:
+                continue
+        else:
+            raise AssertionError(f"the editor never showed example person {person}")
+    if garment is not None:
+        before = page.evaluate("() => document.querySelector('#garment img')?.src || ''")
+        page.locator("#examples-garment .thumbnail-item").nth(garment).click()
+        page.wait_for_function("before => { const src = document.querySelector('#garment img')?.src || ''; "
+                               "return src !== '' && src !== before; }", arg=before, timeout=PATIENCE_MS,
+                               polling=100)
+
+
+def files_listed(page, selector: str, count: int) -> None:
+    """Wait until a file input (``selector``) lists ``count`` files: they are uploaded and its value holds them.
+    A Run pressed before that runs without them (on a busy machine the upload takes seconds)."""
+    page.wait_for_function("([selector, count]) => document.querySelectorAll(selector + ' tr.file').length === count",
+                           arg=[selector, count], timeout=PATIENCE_MS, polling=100)
+
+
 def put_photo(page, person, width: int | None = None):
     """Upload the person photo into the editor, as a designer does, until the editor shows it.
 
@@ -187,6 +220,19 @@ def shown_mask(page, size: tuple[int, int]) -> np.ndarray:
     }""")
     layers = [Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) for url in urls]
     return white(painted_mask({"layers": layers}, size))
+
+
+def shown_when(page, expected: np.ndarray, seconds: float = 60) -> np.ndarray:
+    """The mask the editor shows once it is ``expected`` (within 1% of its pixels): a redraw asked of the server
+    lands seconds later on a busy machine. Fails saying how far apart they stayed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        shown = shown_mask(page, (expected.shape[1], expected.shape[0]))
+        apart = (shown ^ expected).sum() / max(expected.sum(), 1)
+        if apart < 0.01:
+            return shown
+        assert time.monotonic() < deadline, f"the mask shown stayed {apart:.1%} apart from the one expected"
+        page.wait_for_timeout(500)
 
 
 def saved_input(volume: Path, meta: dict, role: str) -> Image.Image:

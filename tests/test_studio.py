@@ -5,8 +5,6 @@ and garment type. Every test checks the pixels the model received (tests/studio_
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from tests.studio_kit import (
@@ -15,10 +13,12 @@ from tests.studio_kit import (
     assert_same_photo,
     load_inputs,
     open_fold,
+    pick_examples,
     press_auto_mask,
     run_and_wait,
     saved_input,
     shown_mask,
+    shown_when,
     stroke,
     white,
 )
@@ -79,9 +79,9 @@ def test_mask_tools_and_garment_type_redraw_the_shown_mask(page, studio, auto_re
     page.wait_for_timeout(2500)
     open_fold(page, "Mask tools", "#grow input[type=number]")
     page.locator("#longer input").check()
-    page.wait_for_timeout(2500)
-    [meta] = run_and_wait(page, volume)
     expected = white(apply_tools(auto_reference["lower"], longer=0.15))
+    shown_when(page, expected)  # the server's redraw is on the page before Run
+    [meta] = run_and_wait(page, volume)
     mask = white(saved_input(volume, meta, "mask"))
     assert (mask ^ expected).sum() / expected.sum() < 0.01
     assert meta["settings"]["garment_type"] == "lower" and meta["settings"]["longer"] == 0.15
@@ -97,7 +97,6 @@ def test_every_way_of_entering_grow_redraws_the_mask_and_the_run_is_what_was_sho
     press_auto_mask(page)
     # On a busy machine the editor is still taking in the new layer a moment after the button comes back.
     page.wait_for_timeout(2000)
-    size = auto_reference["upper"].size
     open_fold(page, "Mask tools", "#grow input[type=number]")
     box, slider = page.locator("#grow input[type=number]"), page.locator("#grow input[type=range]")
 
@@ -115,15 +114,7 @@ def test_every_way_of_entering_grow_redraws_the_mask_and_the_run_is_what_was_sho
     runs = {}
     for how, value in (("Enter", 12), ("Tab", -6), ("keys", -3)):
         entered(how, value)
-        expected = white(apply_tools(auto_reference["upper"], grow=value))
-        deadline = time.monotonic() + 15
-        while True:  # the redraw is on its way (a busy machine may take a few seconds)
-            shown = shown_mask(page, size)
-            apart = (shown ^ expected).sum() / expected.sum()
-            if apart < 0.01 or time.monotonic() > deadline:
-                break
-            page.wait_for_timeout(500)
-        assert apart < 0.01, (how, value, f"{apart:.1%} apart")
+        shown = shown_when(page, white(apply_tools(auto_reference["upper"], grow=value)))
         [meta] = run_and_wait(page, volume)
         assert np.array_equal(white(saved_input(volume, meta, "mask")), shown), how
         assert meta["settings"]["mask_grow"] == value and f"mask grown {value:+d} px" in \
@@ -133,8 +124,9 @@ def test_every_way_of_entering_grow_redraws_the_mask_and_the_run_is_what_was_sho
     page.locator("#gallery .thumbnail-item").nth(2).click()  # newest first: the +12 run
     page.wait_for_selector("#selected-summary", state="visible")
     page.locator("#reuse").click()
-    page.wait_for_timeout(2500)
-    assert box.input_value() == "12"
+    page.wait_for_function("() => document.querySelector('#grow input[type=number]').value === '12'",
+                           timeout=PATIENCE_MS, polling=100)
+    shown_when(page, white(saved_input(volume, runs[12], "mask")))
     [again] = run_and_wait(page, volume)
     assert again["settings"]["mask_grow"] == 12
     assert np.array_equal(white(saved_input(volume, again, "mask")), white(saved_input(volume, runs[12], "mask")))
@@ -192,16 +184,14 @@ def test_example_person_auto_mask_and_tools_without_touching_the_editor(page, st
     from app.images.masking import apply_tools
 
     volume = studio["volume"]
-    page.locator("#examples-person .thumbnail-item").first.click()  # person-1
-    page.locator("#examples-garment .thumbnail-item").first.click()
-    page.wait_for_timeout(1500)
+    pick_examples(page)  # person-1, garment-1
     press_auto_mask(page)
     open_fold(page, "Mask tools", "#grow input[type=number]")
     page.locator("#longer input").check()
-    page.wait_for_timeout(2500)
+    expected = white(apply_tools(auto_reference["upper"], longer=0.15))
+    shown_when(page, expected)
     [meta] = run_and_wait(page, volume)
     assert_same_photo(volume, meta)
-    expected = white(apply_tools(auto_reference["upper"], longer=0.15))
     mask = white(saved_input(volume, meta, "mask"))
     assert (mask ^ expected).sum() / expected.sum() < 0.01
 

@@ -16,8 +16,10 @@ from tests.studio_kit import (
     NEEDS_CHROMIUM,
     PATIENCE_MS,
     PERSON,
+    files_listed,
     load_inputs,
     open_fold,
+    pick_examples,
     put_photo,
     results,
     run_and_wait,
@@ -148,12 +150,11 @@ def test_batch_of_garments_with_compare_and_reuse(page, studio):
     shoot(page, "studio-1440-first-load.png")
     run_box, examples_box = page.locator("#run").bounding_box(), page.locator("#examples-person").bounding_box()
     assert run_box["y"] + run_box["height"] <= 900 and examples_box["y"] + examples_box["height"] <= 900
-    page.locator("#examples-person .thumbnail-item").first.click()
-    page.locator("#examples-garment .thumbnail-item").nth(1).click()
-    page.wait_for_timeout(1500)
+    pick_examples(page, person=0, garment=1)
     open_fold(page, "Batch", "#extra-garments")
     page.locator("#extra-garments input[type=file]").set_input_files([str(EXAMPLES / "garment-1.png"),
                                                                       str(EXAMPLES / "garment-5.png")])
+    files_listed(page, "#extra-garments", 2)
     page.locator("#variations input").fill("2")
     page.locator("#variations input").press("Tab")
     page.wait_for_timeout(1500)
@@ -187,14 +188,24 @@ def test_batch_of_garments_with_compare_and_reuse(page, studio):
     open_fold(page, "Settings", "#steps input[type=number]")
     page.locator("#random-seed input").check()
     page.locator("#same-seed").click()
-    page.wait_for_timeout(1000)
-    assert page.locator("#seed input").input_value() == str(made[0]["seed"])  # the run's first result
-    assert not page.locator("#random-seed input").is_checked()
+    seed_is(page, made[0]["seed"])  # the run's first result, and "random" unticked
     page.locator("#seed input").fill("7")
     page.locator("#reuse").click()
-    page.wait_for_timeout(1000)
-    assert page.locator("#seed input").input_value() == str(newest["seed"])
-    assert not page.locator("#random-seed input").is_checked()
+    seed_is(page, newest["seed"])
+
+
+def seed_is(page, seed: int) -> None:
+    """The seed box shows ``seed`` and "random seed" is unticked: the server's answer to a click, both in
+    one update (seconds on a busy machine; the box may show that seed already, so both are awaited)."""
+    try:
+        page.wait_for_function("""seed => document.querySelector('#seed input')?.value === seed
+                                  && !document.querySelector('#random-seed input')?.checked""",
+                               arg=str(seed), timeout=PATIENCE_MS, polling=100)
+    except Exception as error:
+        shown = page.locator("#seed input").input_value()
+        ticked = page.locator("#random-seed input").is_checked()
+        raise AssertionError(f"seed shown {shown!r} with random {'ticked' if ticked else 'unticked'}, "
+                             f"not {seed} unticked") from error
 
 
 def test_a_stopped_batch_shows_the_try_ons_it_finished(page, studio):
@@ -205,6 +216,7 @@ def test_a_stopped_batch_shows_the_try_ons_it_finished(page, studio):
     stroke(page)
     open_fold(page, "Batch", "#extra-garments")
     page.locator("#extra-garments input[type=file]").set_input_files([str(EXAMPLES / "garment-2.png")])
+    files_listed(page, "#extra-garments", 1)
     open_fold(page, "Settings", "#steps input[type=number]")
     steps = page.locator("#steps input[type=number]")
     steps.fill("40")
@@ -238,9 +250,7 @@ def test_a_stopped_batch_shows_the_try_ons_it_finished(page, studio):
 def test_a_draft_is_ticked_next_to_run_and_its_result_is_labelled(page, studio):
     assert not page.locator("#draft input").is_checked()  # never on by default
     assert "early steps only" in page.locator("#draft").inner_text()
-    page.locator("#examples-person .thumbnail-item").first.click()
-    page.locator("#examples-garment .thumbnail-item").first.click()
-    page.wait_for_timeout(1500)
+    pick_examples(page)
     page.locator("#draft input").check()
     (made,) = run_and_wait(page, studio["volume"])
     assert made["draft"] is True and made["settings"]["steps_run"] == 3  # TRYON_STEPS=3, under the draft's 20
