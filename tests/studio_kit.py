@@ -77,14 +77,19 @@ def load_inputs(page, person=PERSON, garment=GARMENT):
     page.wait_for_timeout(1200)  # a moment for the uploads to reach the server
 
 
+def editor_ready(page, timeout_ms: int) -> None:
+    """Wait until the page's editor exists and says it is ready (its canvas set up)."""
+    page.wait_for_function("async () => { if (!window.editor) return false; await window.editor.ready; "
+                           "return true; }", timeout=timeout_ms)
+
+
 def pick_examples(page, person: int | None = 0, garment: int | None = 0) -> None:
     """Click example thumbnails (their index; None: leave that one) and wait until the studio holds them: the
     person photo in the editor, the garment under Garment. A click is a select event that the server answers
     with the photo; on a busy machine that takes seconds, and a Run pressed before the answer lands runs
     without it ("Not run: no garment photo")."""
     if person is not None:
-        page.wait_for_function("async () => { if (!window.editor) return false; await window.editor.ready; "
-                               "return true; }", timeout=PATIENCE_MS)
+        editor_ready(page, PATIENCE_MS)
         shown = "async () => ((await window.editor.get_blobs()).background?.size || 0) > 1000"
         for _attempt in range(3):  # a photo given to the editor as it starts up can be lost: pick it again
             page.locator("#examples-person .thumbnail-item").nth(person).click()
@@ -117,8 +122,7 @@ def put_photo(page, person, width: int | None = None):
     before that is lost: wait until it is ready (on a busy machine, seconds after the rest of the page),
     and give the photo again if its canvas has not taken the photo's size (``width``: the width the editor
     shows it at, when that is not the photo's own: a copy of a larger photo)."""
-    page.wait_for_function("async () => { if (!window.editor) return false; await window.editor.ready; "
-                           "return true; }", timeout=60_000)
+    editor_ready(page, 60_000)
     page.wait_for_timeout(300)  # the editor replays its history just after it is ready
     with Image.open(person) as photo:
         loaded = (f"async () => window.editor && window.editor.width === {width or photo.width} && "

@@ -19,6 +19,7 @@ from tests.studio_kit import (
     PATIENCE_MS,
     PERSON,
     ROOT,
+    files_listed,
     load_inputs,
     on_canvas,
     open_fold,
@@ -218,8 +219,7 @@ def test_the_layout_cuts_and_covers_nothing(browser, studio, viewport, tmp_path)
     open_fold(page, "Batch", "#extra-garments")
     page.locator("#extra-garments input[type=file]").first.set_input_files([str(GARMENT),
                                                                              str(EXAMPLES / "garment-2.png")])
-    page.wait_for_function("() => document.querySelectorAll('#extra-garments tr.file').length === 2",
-                           timeout=30_000)
+    files_listed(page, "#extra-garments", 2)
     files = page.locator("#extra-garments").bounding_box()
     for row in page.locator("#extra-garments tr.file").all():
         line = row.bounding_box()
