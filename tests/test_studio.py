@@ -33,7 +33,7 @@ def test_brush_alone_reference_then_auto_plus_brush_keeps_photo_and_coordinates(
     the auto mask plus the stroke where it was drawn (the brush-alone run gives the stroke's pixels)."""
     volume = studio["volume"]
     load_inputs(page)
-    stroke(page)
+    stroke(page, mouse=True)  # the browser's own input path; the strokes below dispatch the same points
     [alone] = run_and_wait(page, volume)
     assert_same_photo(volume, alone)
     drawn = white(saved_input(volume, alone, "mask"))
@@ -60,7 +60,7 @@ def test_eraser_removes_from_the_auto_mask(page, studio, auto_reference):
     volume = studio["volume"]
     load_inputs(page)
     press_auto_mask(page)
-    stroke(page, tool="Erase", at=(0.22, 0.62))  # over the background, which the tiny parser masks
+    stroke(page, tool="Erase", at=(0.22, 0.62), mouse=True)  # over the background, which the tiny parser masks
     [meta] = run_and_wait(page, volume)
     mask, auto = white(saved_input(volume, meta, "mask")), white(auto_reference["upper"])
     assert not (mask & ~auto).any(), "erasing added mask pixels"
