@@ -87,9 +87,10 @@ def make_settings():
     return make
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
-    """Debian's Chromium through Playwright (it cannot download its own browser here)."""
+    """Debian's Chromium through Playwright (it cannot download its own browser here): one per pytest worker,
+    each test in a context (and page) of its own."""
     from tests.test_e2e import CHROMIUM, CHROMIUM_FLAGS
 
     playwright = pytest.importorskip("playwright.sync_api")

@@ -1,7 +1,8 @@
 """Where the suite's CPU goes: with TEST_CPU_REPORT=FILE, each test appends one JSON line to FILE with its
 wall seconds and the CPU seconds of the test process and the children it reaped (servers, browsers,
 launchers); `python -m tests.cpu_report FILE` sums them per module. A process reaped at a module's end
-(a module's server or browser) counts toward that module's last test. Works with pytest-xdist (one
+(a module's server) counts toward that module's last test; one kept for the whole worker (the studio's
+server, the browser) toward the worker's last test. Works with pytest-xdist (one
 line per test from every worker; appends of one short line do not interleave)."""
 
 from __future__ import annotations

@@ -30,8 +30,10 @@ PATIENCE_MS = 120_000
 SCREENSHOTS = os.environ.get("STUDIO_SCREENSHOTS")  # a folder: refresh docs/ screenshots from this run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def studio(tmp_path_factory):
+    """One launched server for every studio module a pytest worker runs (each test opens its own page, a
+    new visitor with its own results; the tests count what each run adds to the volume)."""
     from app.config import Settings
     from app.model.tiny_models import ensure_tiny_models
 
@@ -51,7 +53,7 @@ def page(browser, studio):
     context.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def auto_reference(studio):
     """The parser's mask for person-1 and 'upper', computed here with the same tiny parser."""
     from app.images.masking import HumanParser
